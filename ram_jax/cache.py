@@ -1,0 +1,57 @@
+"""The explicit key/value cache pytree shared by every decoder call.
+
+Layout (one for all models): `k` and `v` are `[L, B, S, K, H]` stacked over
+layers; slot `s` of every row holds the token fed at decoding time step `s`,
+so all rows advance together. Rows are left padded: `valid_BxS` marks which
+slots hold real tokens, and `index` is the next slot to write. A token's RoPE
+position is the number of real tokens before it in its row, so left padding
+does not shift positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ram_jax.config import ModelConfig
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Per-layer keys and values, slot validity and the write index."""
+
+    k_LxBxSxKxH: jax.Array
+    v_LxBxSxKxH: jax.Array
+    valid_BxS: jax.Array
+    index: jax.Array
+
+    @property
+    def max_length(self) -> int:
+        return self.k_LxBxSxKxH.shape[2]
+
+    def lengths(self) -> jax.Array:
+        """Real tokens held per row, shape [B]."""
+        return jnp.sum(self.valid_BxS, axis=-1, dtype=jnp.int32)
+
+
+def init_cache(config: ModelConfig, batch: int, max_length: int, dtype=None) -> KVCache:
+    """An empty cache for `batch` rows and `max_length` slots (compute dtype by default)."""
+    shape = (config.num_layers, batch, max_length, config.num_kv_heads, config.head_dim)
+    dtype = dtype or config.jnp_dtype
+    return KVCache(
+        k_LxBxSxKxH=jnp.zeros(shape, dtype),
+        v_LxBxSxKxH=jnp.zeros(shape, dtype),
+        valid_BxS=jnp.zeros((batch, max_length), bool),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+def positions_from_mask(mask_BxT: jax.Array, offset_B: jax.Array | None = None) -> jax.Array:
+    """RoPE positions for a left-padded block: real tokens count up from `offset_B`."""
+    positions = jnp.cumsum(mask_BxT.astype(jnp.int32), axis=-1) - 1
+    if offset_B is not None:
+        positions = positions + offset_B[:, None]
+    return jnp.maximum(positions, 0)

@@ -1,0 +1,256 @@
+"""Llama-3.x / Qwen2.5 decoder: Flax NNX modules used through pure functions.
+
+The module tree is defined once; `init_params` and `forward` split it into a
+graph definition (cached per config) and a plain nested dict of parameters,
+so every jitted function takes `params` as an argument. Layers are stacked on
+a leading axis and run under `lax.scan`, so compile time does not grow with
+depth. Parameter layout (HF name in brackets; kernels are `[in, out]`):
+
+    embed/embedding                 [V, D]      (model.embed_tokens.weight)
+    layers/attn/{q,k,v,o}_proj/kernel [L, in, out] (self_attn.*_proj.weight^T)
+    layers/attn/{q,k,v}_proj/bias   [L, out]    (Qwen2 only)
+    layers/mlp/{gate,up,down}_proj/kernel       (mlp.*_proj.weight^T)
+    layers/{attn,mlp}_norm/scale    [L, D]      (input/post_attention_layernorm)
+    final_norm/scale                [D]         (model.norm.weight)
+    lm_head/kernel                  [D, V]      (lm_head.weight^T; absent if tied)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ram_jax.cache import KVCache, positions_from_mask
+from ram_jax.config import ModelConfig
+from ram_jax.rope import apply_rope, inverse_frequencies
+
+Params = dict
+
+_init = nnx.initializers.normal(stddev=0.02)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype, dtype):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        # HF casts to the input dtype before the weight multiply; so do we.
+        return normed.astype(self.dtype) * self.scale[...].astype(self.dtype)
+
+
+def _linear(cfg: ModelConfig, din: int, dout: int, rngs: nnx.Rngs, bias: bool = False):
+    return nnx.Linear(
+        din,
+        dout,
+        use_bias=bias,
+        dtype=cfg.jnp_dtype,
+        param_dtype=cfg.jnp_param_dtype,
+        kernel_init=_init,
+        bias_init=nnx.initializers.zeros_init(),
+        rngs=rngs,
+    )
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = _linear(cfg, d, n * h, rngs, cfg.qkv_bias)
+        self.k_proj = _linear(cfg, d, k * h, rngs, cfg.qkv_bias)
+        self.v_proj = _linear(cfg, d, k * h, rngs, cfg.qkv_bias)
+        self.o_proj = _linear(cfg, n * h, d, rngs)
+        self.cfg = cfg
+
+    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv, layer, inv_freq):
+        cfg = self.cfg
+        b, t, _ = x_BxTxD.shape
+        n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q = apply_rope(self.q_proj(x_BxTxD).reshape(b, t, n, h), positions_BxT, inv_freq)
+        new_k = apply_rope(self.k_proj(x_BxTxD).reshape(b, t, k, h), positions_BxT, inv_freq)
+        new_v = self.v_proj(x_BxTxD).reshape(b, t, k, h)
+        if kv is None:
+            keys_BxSxKxH, values_BxSxKxH = new_k, new_v
+        else:
+            # Write this block's keys/values into the stacked cache in place,
+            # then read the layer's full history back for attention.
+            k_all, v_all, index = kv
+            start = (layer, 0, index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, new_k[None].astype(k_all.dtype), start)
+            v_all = jax.lax.dynamic_update_slice(v_all, new_v[None].astype(v_all.dtype), start)
+            keys_BxSxKxH = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
+            values_BxSxKxH = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
+            kv = (k_all, v_all, index)
+        q_BxTxKxGxH = q.reshape(b, t, k, n // k, h)
+        scores = jnp.einsum(
+            "btkgh,bskh->bkgts",
+            q_BxTxKxGxH,
+            keys_BxSxKxH.astype(q.dtype),
+            preferred_element_type=jnp.float32,
+        ) * (h**-0.5)
+        scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, values_BxSxKxH.astype(cfg.jnp_dtype))
+        return self.o_proj(out.reshape(b, t, n * h)), kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.gate_proj = _linear(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
+        self.up_proj = _linear(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
+        self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, rngs)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        norm = functools.partial(
+            RMSNorm, cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_param_dtype, cfg.jnp_dtype
+        )
+        self.attn_norm = norm()
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = norm()
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, positions, mask, kv, layer, inv_freq):
+        attn_out, kv = self.attn(self.attn_norm(x), positions, mask, kv, layer, inv_freq)
+        x = x + attn_out
+        return x + self.mlp(self.mlp_norm(x)), kv
+
+
+class Transformer(nnx.Module):
+    """The decoder. Call it through `forward(params, ...)` rather than directly."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=cfg.jnp_dtype,
+            param_dtype=cfg.jnp_param_dtype,
+            embedding_init=_init,
+            rngs=rngs,
+        )
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_layers(rngs):
+            return Block(cfg, rngs)
+
+        self.layers = make_layers(rngs)
+        self.final_norm = RMSNorm(
+            cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_param_dtype, cfg.jnp_dtype
+        )
+        if not cfg.tie_embeddings:
+            self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, rngs)
+
+    def __call__(
+        self, tokens_BxT, positions_BxT, mask_BxTxS, kv=None, *, remat=False, last_only=False
+    ):
+        cfg = self.cfg
+        inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        x = self.embed(tokens_BxT)
+        layers_def, layers_state = nnx.split(self.layers)
+
+        def body(carry, xs):
+            x, kv = carry
+            layer_state, layer = xs
+            block = nnx.merge(layers_def, layer_state)
+            return block(x, positions_BxT, mask_BxTxS, kv, layer, inv_freq), None
+
+        if remat:
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+        layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+        (x, kv), _ = jax.lax.scan(body, (x, kv), (layers_state, layer_ids))
+        if last_only:
+            x = x[:, -1:]
+        x = self.final_norm(x)
+        logits = self.embed.attend(x) if cfg.tie_embeddings else self.lm_head(x)
+        return logits.astype(jnp.float32), kv
+
+
+@functools.lru_cache(maxsize=64)
+def graphdef(config: ModelConfig) -> nnx.GraphDef:
+    """The (cached) graph definition of a config's module tree."""
+    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract)[0]
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> Params:
+    """Random initial parameters (normal(0.02) weights, unit norms, zero biases)."""
+    model = Transformer(config, rngs=nnx.Rngs(params=key))
+    return nnx.to_pure_dict(nnx.split(model)[1])
+
+
+def abstract_params(config: ModelConfig) -> Params:
+    """Parameter shapes and dtypes as `jax.ShapeDtypeStruct`s; allocates nothing."""
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    return nnx.to_pure_dict(nnx.split(model)[1])
+
+
+def count_params(params: Params) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def forward(
+    params: Params,
+    tokens_BxT: jax.Array,
+    config: ModelConfig,
+    *,
+    mask_BxT: jax.Array | None = None,
+    positions_BxT: jax.Array | None = None,
+    cache: KVCache | None = None,
+    last_only: bool = False,
+    remat: bool = False,
+) -> tuple[jax.Array, KVCache | None]:
+    """Runs the decoder on a left-padded block of tokens.
+
+    Without a cache this is a full causal forward over `tokens_BxT` (training,
+    scoring). With a cache the block is written at slots
+    `[cache.index, cache.index + T)` and attends to everything valid before it:
+    a prompt prefill when the cache is empty, one decode step when T == 1.
+
+    Args:
+      params: parameters from `init_params` or `ram_jax.convert.load_hf`.
+      tokens_BxT: int token ids; padding positions hold any id.
+      config: the model's `ModelConfig` (static under jit).
+      mask_BxT: True for real tokens (default: all real).
+      positions_BxT: RoPE positions (default: real tokens counted from the
+        row's cached length, so left padding does not shift them).
+      cache: a `KVCache` from `init_cache`, or None.
+      last_only: return logits of the last position only (`[B, 1, V]`).
+      remat: rematerialise each layer in the backward pass.
+
+    Returns:
+      `(logits_BxTxV float32, cache)` with the updated cache (or None).
+    """
+    b, t = tokens_BxT.shape
+    if mask_BxT is None:
+        mask_BxT = jnp.ones((b, t), bool)
+    mask_BxT = mask_BxT.astype(bool)
+    if cache is None:
+        if positions_BxT is None:
+            positions_BxT = positions_from_mask(mask_BxT)
+        causal_TxT = jnp.tril(jnp.ones((t, t), bool))
+        attn_mask = causal_TxT[None] & mask_BxT[:, None, :]
+        kv = None
+    else:
+        if positions_BxT is None:
+            positions_BxT = positions_from_mask(mask_BxT, cache.lengths())
+        valid_BxS = jax.lax.dynamic_update_slice(cache.valid_BxS, mask_BxT, (0, cache.index))
+        slots_S = jnp.arange(cache.max_length)
+        query_slots_T = cache.index + jnp.arange(t)
+        attn_mask = valid_BxS[:, None, :] & (slots_S[None, :] <= query_slots_T[:, None])[None]
+        kv = (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH, cache.index)
+    model = nnx.merge(graphdef(config), params)
+    logits, kv = model(tokens_BxT, positions_BxT, attn_mask, kv, remat=remat, last_only=last_only)
+    if cache is not None:
+        cache = KVCache(kv[0], kv[1], valid_BxS, cache.index + t)
+    return logits, cache
