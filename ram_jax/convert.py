@@ -1,0 +1,342 @@
+"""Hugging Face checkpoints <-> ram_jax parameters, through safetensors only.
+
+`load_hf` reads an HF model directory (`config.json` plus `model.safetensors`
+or a sharded `model.safetensors.index.json`) without torch, one tensor at a
+time, into preallocated stacked arrays, so host memory peaks at about one copy
+of the parameters; with `shardings` each finished parameter goes straight to
+its devices. `save_hf` writes a directory that `transformers`
+`AutoModelForCausalLM.from_pretrained` loads. Pickle-based `.bin` checkpoints
+are never read or written.
+
+Names: HF `model.layers.{i}.self_attn.q_proj.weight` [out, in] is layer `i` of
+our `layers/attn/q_proj/kernel` [L, in, out]; the full table is `_LAYER_NAMES`
+and `_GLOBAL_NAMES` below (see also the layout in transformer.py). With tied
+embeddings there is no `lm_head` in params; a tied checkpoint's redundant
+`lm_head.weight` is ignored.
+
+Padded vocabularies (Qwen2.5) are kept as stored: all `vocab_size` embedding
+rows are loaded and saved; consumers slice logits to the tokenizer length with
+`ram_jax.tokenizer.slice_vocab`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+import safetensors
+import safetensors.numpy
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from ram_jax.config import ModelConfig, from_hf_config
+from ram_jax.transformer import Params, abstract_params
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
+
+# Our per-layer parameter path -> HF name under `model.layers.{i}.`; kernels
+# are stored transposed by HF (torch Linear weight is [out, in]).
+_LAYER_NAMES = {
+    ("attn", "q_proj", "kernel"): "self_attn.q_proj.weight",
+    ("attn", "k_proj", "kernel"): "self_attn.k_proj.weight",
+    ("attn", "v_proj", "kernel"): "self_attn.v_proj.weight",
+    ("attn", "o_proj", "kernel"): "self_attn.o_proj.weight",
+    ("attn", "q_proj", "bias"): "self_attn.q_proj.bias",
+    ("attn", "k_proj", "bias"): "self_attn.k_proj.bias",
+    ("attn", "v_proj", "bias"): "self_attn.v_proj.bias",
+    ("mlp", "gate_proj", "kernel"): "mlp.gate_proj.weight",
+    ("mlp", "up_proj", "kernel"): "mlp.up_proj.weight",
+    ("mlp", "down_proj", "kernel"): "mlp.down_proj.weight",
+    ("attn_norm", "scale"): "input_layernorm.weight",
+    ("mlp_norm", "scale"): "post_attention_layernorm.weight",
+}
+_GLOBAL_NAMES = {
+    ("embed", "embedding"): "model.embed_tokens.weight",
+    ("final_norm", "scale"): "model.norm.weight",
+    ("lm_head", "kernel"): "lm_head.weight",
+}
+# Tensors some checkpoints carry that hold nothing we need.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def _hf_names(path: tuple[str, ...], num_layers: int) -> list[str]:
+    """HF tensor names making up one of our parameters (one per layer if stacked)."""
+    if path[0] == "layers":
+        suffix = _LAYER_NAMES[path[1:]]
+        return [f"model.layers.{i}.{suffix}" for i in range(num_layers)]
+    return [_GLOBAL_NAMES[path]]
+
+
+def _hf_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of one HF tensor of our parameter `path` with (stacked) `shape`."""
+    if path[0] == "layers":
+        shape = shape[1:]
+    return shape[::-1] if path[-1] == "kernel" else shape
+
+
+def _leaves(tree) -> list[tuple[tuple[str, ...], object]]:
+    return [
+        (tuple(k.key for k in keypath), leaf)
+        for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+
+
+def _set_leaf(tree: dict, path: tuple[str, ...], value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _weight_files(path: str) -> dict[str, str]:
+    """Maps every tensor name to the safetensors file holding it."""
+    index = os.path.join(path, INDEX_FILE)
+    single = os.path.join(path, WEIGHTS_FILE)
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: no 'weight_map' object; the index file is malformed.")
+        for shard in sorted(set(weight_map.values())):
+            if not os.path.exists(os.path.join(path, shard)):
+                names = sorted(n for n, s in weight_map.items() if s == shard)
+                raise FileNotFoundError(
+                    f"{os.path.join(path, shard)}: shard listed in {index} is missing "
+                    f"(it holds {len(names)} tensors, e.g. {names[0]}); copy the complete "
+                    "checkpoint directory."
+                )
+        return {name: os.path.join(path, shard) for name, shard in weight_map.items()}
+    if os.path.exists(single):
+        with safetensors.safe_open(single, framework="numpy") as f:
+            return dict.fromkeys(f.keys(), single)
+    raise FileNotFoundError(
+        f"{path}: no {WEIGHTS_FILE} or {INDEX_FILE}; ram_jax reads safetensors checkpoints only "
+        "(re-save a pickle .bin checkpoint with save_pretrained(safe_serialization=True))."
+    )
+
+
+def load_hf(
+    path: str,
+    *,
+    param_dtype: str | None = None,
+    dtype: str | None = None,
+    shardings=None,
+    progress: bool = False,
+) -> tuple[ModelConfig, Params]:
+    """Loads an HF Llama-3.x / Qwen2.x model directory into `(config, params)`.
+
+    Args:
+      path: directory with `config.json` and `model.safetensors` or
+        `model.safetensors.index.json` plus its shards.
+      param_dtype: storage dtype of the returned params, "float32" (default:
+        master weights for training) or "bfloat16" / "float16" (e.g. a frozen
+        proposal; a bf16 checkpoint is then kept bit for bit).
+      dtype: compute dtype written into the config (default: `param_dtype`).
+      shardings: optional pytree of `jax.sharding.Sharding` with the structure
+        of params; each parameter is assembled on the host and placed shard by
+        shard, so no device ever holds a whole large model.
+      progress: show a tqdm bar over parameters.
+
+    Returns:
+      The `ModelConfig` read from `config.json` (with the dtypes above) and a
+      params pytree as from `init_params`.
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: not a directory; pass an HF model directory.")
+    if not os.path.exists(os.path.join(path, CONFIG_FILE)):
+        raise FileNotFoundError(
+            f"{path}: no {CONFIG_FILE}; an HF model directory needs config.json next to "
+            f"{WEIGHTS_FILE} (or {INDEX_FILE})."
+        )
+    param_dtype = param_dtype or "float32"
+    config = from_hf_config(path, param_dtype=param_dtype, dtype=dtype or param_dtype)
+    files = _weight_files(path)
+    leaves = _leaves(abstract_params(config))
+    sharding_leaves = None
+    if shardings is not None:
+        sharding_leaves = jax.tree.leaves(shardings)
+        if len(sharding_leaves) != len(leaves):
+            raise ValueError(
+                f"shardings has {len(sharding_leaves)} leaves but the params of {path} have "
+                f"{len(leaves)}; pass one Sharding per parameter, in the params' structure."
+            )
+    expected = {n for p, _ in leaves for n in _hf_names(p, config.num_layers)}
+    unexpected = sorted(
+        n
+        for n in files
+        if n not in expected
+        and not n.endswith(_IGNORED_SUFFIXES)
+        and not (n == "lm_head.weight" and config.tie_embeddings)
+    )
+    if unexpected:
+        raise ValueError(
+            f"{path}: {len(unexpected)} tensors do not fit the config in {CONFIG_FILE} "
+            f"(e.g. {unexpected[:3]}); the checkpoint and config.json disagree."
+        )
+    params: Params = {}
+    with contextlib.ExitStack() as stack:
+        handles: dict[str, object] = {}
+
+        def read(name: str, want_shape: tuple[int, ...]) -> np.ndarray:
+            if name not in files:
+                raise KeyError(
+                    f"{path}: tensor {name!r} is missing from the checkpoint "
+                    f"(config: {config.architecture}, {config.num_layers} layers, "
+                    f"tie_embeddings={config.tie_embeddings})."
+                )
+            file = files[name]
+            if file not in handles:
+                handles[file] = stack.enter_context(safetensors.safe_open(file, framework="numpy"))
+            tensor = handles[file].get_tensor(name)
+            if tuple(tensor.shape) != want_shape:
+                raise ValueError(
+                    f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, expected "
+                    f"{want_shape} from {CONFIG_FILE}."
+                )
+            return tensor
+
+        for i, (leaf_path, abstract) in enumerate(tqdm(leaves, disable=not progress)):
+            host = np.empty(abstract.shape, abstract.dtype)
+            want = _hf_shape(leaf_path, abstract.shape)
+            names = _hf_names(leaf_path, config.num_layers)
+            for layer, name in enumerate(names):
+                tensor = read(name, want)
+                tensor = tensor.T if leaf_path[-1] == "kernel" else tensor
+                if leaf_path[0] == "layers":
+                    host[layer] = tensor
+                else:
+                    host[...] = tensor
+            _set_leaf(params, leaf_path, _place(host, sharding_leaves, i))
+            del host
+    return config, params
+
+
+def _place(host: np.ndarray, sharding_leaves, i: int) -> jax.Array:
+    if sharding_leaves is None:
+        return jax.device_put(host)
+    # Each device receives only its slice; also works when devices span hosts.
+    return jax.make_array_from_callback(host.shape, sharding_leaves[i], lambda idx: host[idx])
+
+
+def _host_array(x) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+class _TensorSource:
+    """Yields HF tensors from params, one leaf on the host at a time (in order)."""
+
+    def __init__(self, params: Params, config: ModelConfig, dtype: np.dtype):
+        self.leaves = _leaves(params)
+        self.dtype = dtype
+        self.entries = [  # (HF name, leaf index, layer)
+            (name, i, layer)
+            for i, (leaf_path, _) in enumerate(self.leaves)
+            for layer, name in enumerate(_hf_names(leaf_path, config.num_layers))
+        ]
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def host_leaf(self, i: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != i:
+            self._cached = None  # free the previous leaf first
+            self._cached = (i, _host_array(self.leaves[i][1]))
+        return self._cached[1]
+
+    def tensor(self, k: int) -> np.ndarray:
+        _, i, layer = self.entries[k]
+        leaf_path = self.leaves[i][0]
+        x = self.host_leaf(i)
+        x = x[layer] if leaf_path[0] == "layers" else x
+        x = x.T if leaf_path[-1] == "kernel" else x
+        return np.ascontiguousarray(x.astype(self.dtype))
+
+
+def save_hf(
+    params: Params,
+    config: ModelConfig,
+    path: str,
+    *,
+    dtype: str | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    tokenizer: Tokenizer | None = None,
+) -> None:
+    """Writes an HF model directory (`config.json`, safetensors, optional tokenizer).
+
+    The result loads with `transformers.AutoModelForCausalLM.from_pretrained`.
+    Weights are stored in `dtype` (default: `config.param_dtype`), split into
+    `model-0000k-of-0000n.safetensors` shards with an index when they exceed
+    `max_shard_bytes`. Everything is written into a temporary directory next
+    to `path` and renamed into place, so readers never see a partial export;
+    an existing `path` is replaced. In multi-process runs call it on every
+    process (sharded params are gathered); only process 0 writes.
+    """
+    expected = {p: a.shape for p, a in _leaves(abstract_params(config))}
+    got = {p: tuple(x.shape) for p, x in _leaves(params)}
+    if expected != got:
+        diff = sorted(set(expected.items()) ^ set(got.items()))
+        raise ValueError(f"params do not match the config: differing (path, shape) {diff[:4]}")
+    dtype = np.dtype(jax.numpy.dtype(dtype or config.param_dtype))
+    source = _TensorSource(params, config, dtype)
+    if jax.process_index() != 0:
+        for i in range(len(source.leaves)):  # take part in the cross-process gathers
+            source.host_leaf(i)
+        return
+    sizes = {}
+    for leaf_path, leaf in source.leaves:
+        one = int(np.prod(_hf_shape(leaf_path, leaf.shape))) * dtype.itemsize
+        sizes.update(dict.fromkeys(_hf_names(leaf_path, config.num_layers), one))
+    shards: list[list[int]] = [[]]
+    shard_bytes = 0
+    for k, (name, _, _) in enumerate(source.entries):
+        if shards[-1] and shard_bytes + sizes[name] > max_shard_bytes:
+            shards.append([])
+            shard_bytes = 0
+        shards[-1].append(k)
+        shard_bytes += sizes[name]
+
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        hf_config = config.to_hf_dict()
+        hf_config["torch_dtype"] = str(dtype)
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(hf_config, f, indent=2)
+        weight_map = {}
+        for s, members in enumerate(shards):
+            file = (
+                WEIGHTS_FILE
+                if len(shards) == 1
+                else (f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors")
+            )
+            shard = {source.entries[k][0]: source.tensor(k) for k in members}
+            safetensors.numpy.save_file(shard, os.path.join(tmp, file), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, file))
+            del shard
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+            with open(os.path.join(tmp, INDEX_FILE), "w") as f:
+                json.dump(index, f, indent=2)
+        if tokenizer is not None:
+            tokenizer.save(os.path.join(tmp, "tokenizer.json"))
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+            os.replace(path, os.path.join(old, "x"))
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
