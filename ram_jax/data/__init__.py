@@ -1,0 +1,17 @@
+"""Training data: rows from JSON/JSONL (or HH), tokenized groups, deterministic batches."""
+
+from ram_jax.data.pipeline import Batches, DataIterator, eval_batches
+from ram_jax.data.rows import DataError, Row, read_rows
+from ram_jax.data.tokenize import Examples, required_fields, tokenize_rows
+
+__all__ = [
+    "Batches",
+    "DataError",
+    "DataIterator",
+    "Examples",
+    "Row",
+    "eval_batches",
+    "read_rows",
+    "required_fields",
+    "tokenize_rows",
+]

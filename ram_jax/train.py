@@ -1,0 +1,253 @@
+"""Train state, its sharded initialisation, and the jitted train and eval steps.
+
+The state is (step, params, opt_state) of the trained model only. A frozen
+model (the DPO reference) is a separate argument of the step: never donated,
+never given optimizer state, never checkpointed. Parameters are float32
+master weights whatever the compute dtype (at LR 2e-7 bfloat16 parameters
+would round most updates away).
+
+The step is one `jax.jit` with explicit in/out shardings that donates the
+state. Its batch is `[A, b, G, T]` (`ram_jax.data.pipeline`): a `lax.scan`
+over the A microbatches sums gradients of the loss numerator, then divides by
+the summed denominator, so one step is one optimizer update with exactly the
+large-batch gradient (weights: examples, or tokens for token-mean SFT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ram_jax import sharding as shd
+from ram_jax.config import ModelConfig
+from ram_jax.losses import Objective, model_sequence_logprobs, objective_sums
+from ram_jax.transformer import abstract_params, init_params
+
+BATCH_KEYS = ("tokens", "mask", "targets", "weight")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything a training checkpoint holds besides the data position."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def _check_master_dtype(config: ModelConfig) -> None:
+    if config.param_dtype != "float32":
+        raise ValueError(
+            f"training needs float32 master weights, got param_dtype={config.param_dtype!r}; "
+            "set model.param_dtype='float32' (use model.dtype='bfloat16' for bf16 compute)."
+        )
+
+
+def abstract_state(config: ModelConfig, optimizer: optax.GradientTransformation) -> TrainState:
+    """The state's shapes and dtypes (`ShapeDtypeStruct`s); allocates nothing."""
+    _check_master_dtype(config)
+    params = abstract_params(config)
+    return jax.eval_shape(
+        lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), params
+    )
+
+
+def state_shardings(abstract: TrainState, mesh: Mesh, rules=shd.DEFAULT_RULES) -> TrainState:
+    """Shardings of every state leaf from the regex table (step replicated)."""
+    return TrainState(
+        step=NamedSharding(mesh, P()),
+        params=shd.param_shardings(abstract.params, mesh, rules),
+        opt_state=shd.state_shardings(abstract.opt_state, mesh, rules),
+    )
+
+
+def init_state(
+    config: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    shardings: TrainState,
+) -> TrainState:
+    """Random initial state, created directly in its sharded layout."""
+
+    def create(key):
+        params = init_params(config, key)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+    return jax.jit(create, out_shardings=shardings)(key)
+
+
+def state_from_params(
+    params, optimizer: optax.GradientTransformation, shardings: TrainState
+) -> TrainState:
+    """A fresh state (step 0, new optimizer state) around loaded, sharded params."""
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+    create = lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p))
+    return jax.jit(create, in_shardings=(shardings.params,), out_shardings=shardings)(params)
+
+
+def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
+    """[A, b, G, T] arrays and [A, b] weights, split over b."""
+    rows = shd.BATCH_AXES
+    return {
+        "tokens": NamedSharding(mesh, P(None, rows, None, None)),
+        "mask": NamedSharding(mesh, P(None, rows, None, None)),
+        "targets": NamedSharding(mesh, P(None, rows, None, None)),
+        "weight": NamedSharding(mesh, P(None, rows)),
+    }
+
+
+def put_batch(batch: dict, mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's numpy batch -> global arrays (no cross-host transfer)."""
+    shardings = batch_shardings(mesh)
+    return {k: jax.make_array_from_process_local_data(shardings[k], batch[k]) for k in BATCH_KEYS}
+
+
+def _microbatch_sums(
+    params, micro, ref_params, *, config, objective, vocab_limit, remat, ref_config
+):
+    b, g, t = micro["tokens"].shape
+    flat = lambda x: x.reshape(b * g, t)
+    score = lambda p, c, rm: model_sequence_logprobs(
+        p,
+        c,
+        flat(micro["tokens"]),
+        flat(micro["mask"]),
+        flat(micro["targets"]),
+        vocab_limit=vocab_limit,
+        remat=rm,
+    ).reshape(b, g)
+    logp_BxG = score(params, config, remat)
+    ref_logp_BxG = None
+    if objective.needs_reference:
+        ref_logp_BxG = jax.lax.stop_gradient(score(ref_params, ref_config, False))
+    tokens_BxG = jnp.sum(micro["targets"][..., 1:] & micro["mask"][..., 1:], axis=-1)
+    numer, denom, metrics = objective_sums(
+        objective, logp_BxG, micro["weight"], tokens_BxG, ref_logp_BxG
+    )
+    return numer, (denom, metrics)
+
+
+def _finish_metrics(numer, denom, sums):
+    examples = jnp.maximum(sums["examples"], 1.0)
+    out = {k: (v if k in ("examples", "target_tokens") else v / examples) for k, v in sums.items()}
+    out["loss"] = numer / jnp.maximum(denom, 1e-30)
+    return out
+
+
+def make_train_step(
+    config: ModelConfig,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    shardings: TrainState,
+    mesh: Mesh,
+    *,
+    vocab_limit: int | None,
+    remat: bool = False,
+    ref_config: ModelConfig | None = None,
+    ref_shardings=None,
+):
+    """The jitted step `(state, batch, ref_params) -> (state, metrics)`; `state` is donated.
+
+    `ref_params` is the frozen reference for objective 'dpo' and None otherwise.
+    Metrics (replicated scalars): loss, grad_norm, lr, examples, target_tokens,
+    chosen_logp, sample_logp / rejected_logp, and accuracy / margin for DPO.
+    """
+    _check_master_dtype(config)
+    sums_fn = jax.value_and_grad(
+        lambda p, m, r: _microbatch_sums(
+            p,
+            m,
+            r,
+            config=config,
+            objective=objective,
+            vocab_limit=vocab_limit,
+            remat=remat,
+            ref_config=ref_config,
+        ),
+        has_aux=True,
+    )
+
+    def step(state: TrainState, batch, ref_params):
+        first = jax.tree.map(lambda x: x[0], batch)
+        metric_shapes = jax.eval_shape(lambda: sums_fn(state.params, first, ref_params)[0][1][1])
+        zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), tree)
+
+        def body(carry, micro):
+            grads_acc, numer_acc, denom_acc, metrics_acc = carry
+            (numer, (denom, metrics)), grads = sums_fn(state.params, micro, ref_params)
+            grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
+            metrics_acc = jax.tree.map(jnp.add, metrics_acc, metrics)
+            return (grads_acc, numer_acc + numer, denom_acc + denom, metrics_acc), None
+
+        init = (zeros(state.params), jnp.float32(0), jnp.float32(0), zeros(metric_shapes))
+        (grads, numer, denom, sums), _ = jax.lax.scan(body, init, batch)
+        grads = jax.tree.map(lambda g: g / jnp.maximum(denom, 1e-30), grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = _finish_metrics(numer, denom, sums)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        step,
+        in_shardings=(shardings, batch_shardings(mesh), ref_shardings),
+        out_shardings=(shardings, replicated),
+        donate_argnames=("state",),
+    )
+
+
+def make_eval_step(
+    config: ModelConfig,
+    objective: Objective,
+    param_shardings,
+    mesh: Mesh,
+    *,
+    vocab_limit: int | None,
+    ref_config: ModelConfig | None = None,
+    ref_shardings=None,
+):
+    """Jitted `(params, batch, ref_params) -> (numer, denom, metric sums)` for [1, b, ...] batches.
+
+    Sum these over batches on the host, then `finish_eval` gives the metrics.
+    """
+
+    def evaluate(params, batch, ref_params):
+        micro = jax.tree.map(lambda x: x[0], batch)
+        numer, (denom, sums) = _microbatch_sums(
+            params,
+            micro,
+            ref_params,
+            config=config,
+            objective=objective,
+            vocab_limit=vocab_limit,
+            remat=False,
+            ref_config=ref_config,
+        )
+        return numer, denom, sums
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        evaluate,
+        in_shardings=(param_shardings, batch_shardings(mesh), ref_shardings),
+        out_shardings=replicated,
+    )
+
+
+def finish_eval(numer: float, denom: float, sums: dict[str, float]) -> dict[str, float]:
+    """Host-side metrics from summed eval outputs (same definitions as the train metrics)."""
+    out = {
+        k: (float(v) if k in ("examples", "target_tokens") else float(v) / max(sums["examples"], 1))
+        for k, v in sums.items()
+    }
+    out["loss"] = float(numer) / max(float(denom), 1e-30)
+    return out
