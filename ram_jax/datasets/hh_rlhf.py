@@ -1,0 +1,100 @@
+"""Anthropic HH-RLHF as the paper used it: helpful/harmless base, online and rejection subsets.
+
+Manual files (https://github.com/anthropics/hh-rlhf, identical to
+https://huggingface.co/datasets/Anthropic/hh-rlhf), kept in their folders:
+
+  MANUAL_DIR/helpful-base/{train,test}.jsonl.gz               43,835 / 2,354 pairs
+  MANUAL_DIR/harmless-base/{train,test}.jsonl.gz              42,537 / 2,312
+  MANUAL_DIR/helpful-online/{train,test}.jsonl.gz             22,007 / 1,137
+  MANUAL_DIR/helpful-rejection-sampled/{train,test}.jsonl.gz  52,421 / 2,749
+
+Each line is {"chosen": conversation, "rejected": conversation}. Config `all`
+concatenates the four subsets in that order: the paper's 160,800 training
+pairs (the reference loads the unsplit HF dataset). The paper evaluates on 300
+helpful-base and 300 harmless-base test prompts (split `test300` of those
+configs) with the chosen response as the reference.
+
+Rows: `prompt` is the conversation up to and including the last
+"\\n\\nAssistant:", `chosen` / `rejected` the two final responses (they keep
+their leading space). A pair whose two conversations differ before the last
+response cannot be a preference between responses; such pairs are dropped
+and counted (a known quirk of a few HH rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import tensorflow_datasets as tfds
+from absl import logging
+
+from ram_jax.datasets import builder, manual
+
+SUBSETS = ("helpful-base", "harmless-base", "helpful-online", "helpful-rejection-sampled")
+ASSISTANT = "\n\nAssistant:"
+INSTRUCTIONS = """
+Download the Anthropic HH-RLHF files from https://github.com/anthropics/hh-rlhf
+(or https://huggingface.co/datasets/Anthropic/hh-rlhf) and keep their layout:
+MANUAL_DIR/<subset>/train.jsonl.gz and MANUAL_DIR/<subset>/test.jsonl.gz for the
+subsets helpful-base, harmless-base, helpful-online, helpful-rejection-sampled.
+"""
+
+
+def split_conversation(text: str, where: str) -> tuple[str, str]:
+    """(prompt up to and including the last '\\n\\nAssistant:', the final response)."""
+    i = text.rfind(ASSISTANT)
+    if i < 0:
+        raise ValueError(f"{where}: conversation has no {ASSISTANT!r} turn: {text[:80]!r}...")
+    cut = i + len(ASSISTANT)
+    return text[:cut], text[cut:]
+
+
+def read_pairs(path: str, stats: dict | None = None) -> Iterator[dict]:
+    """Training rows from one HH-RLHF `.jsonl.gz` (or `.jsonl`) file."""
+    for lineno, raw in manual.read_json_records(path):
+        manual.require(raw, ("chosen", "rejected"), path, lineno)
+        prompt, chosen = split_conversation(raw["chosen"], f"{path}:{lineno} (chosen)")
+        r_prompt, rejected = split_conversation(raw["rejected"], f"{path}:{lineno} (rejected)")
+        if r_prompt != prompt:
+            if stats is not None:
+                stats["mismatched_prompts"] = stats.get("mismatched_prompts", 0) + 1
+            continue
+        yield manual.make_row(prompt, chosen, rejected)
+
+
+class RamHhRlhfConfig(tfds.core.BuilderConfig):
+    def __init__(self, *, subsets: tuple[str, ...], **kwargs):
+        super().__init__(version=builder.RowsBuilder.VERSION, **kwargs)
+        self.subsets = subsets
+
+
+class RamHhRlhf(builder.RowsBuilder):
+    """Anthropic HH-RLHF preference pairs split into prompt / chosen / rejected."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+    BUILDER_CONFIGS = [
+        RamHhRlhfConfig(name=s, subsets=(s,), description=f"HH-RLHF {s}") for s in SUBSETS
+    ] + [RamHhRlhfConfig(name="all", subsets=SUBSETS, description="all four subsets (160,800)")]
+
+    @property
+    def TEST300_FROM(self):  # noqa: N802 (class-level constant in the base)
+        return "test" if self.builder_config.name in ("helpful-base", "harmless-base") else None
+
+    def source_rows(self, manual_dir: str, split: str) -> Iterator[dict]:
+        stats: dict = {}
+        for subset in self.builder_config.subsets:
+            path = manual.find_file(
+                manual_dir,
+                (f"{subset}/{split}.jsonl.gz", f"{subset}/{split}.jsonl"),
+                f"HH-RLHF {subset} {split}",
+                INSTRUCTIONS,
+            )
+            yield from read_pairs(path, stats)
+        if stats:
+            logging.warning(
+                "HH-RLHF %s/%s: dropped %d pairs whose conversations differ before the last "
+                "response.",
+                self.builder_config.name,
+                split,
+                stats["mismatched_prompts"],
+            )
