@@ -186,7 +186,7 @@ def load_hf(
 
         def read(name: str, want_shape: tuple[int, ...]) -> np.ndarray:
             if name not in files:
-                raise KeyError(
+                raise ValueError(
                     f"{path}: tensor {name!r} is missing from the checkpoint "
                     f"(config: {config.architecture}, {config.num_layers} layers, "
                     f"tie_embeddings={config.tie_embeddings})."

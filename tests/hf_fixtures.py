@@ -5,6 +5,7 @@ Test-only: imports torch and transformers, which library code never does.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import torch
 import transformers
@@ -111,3 +112,20 @@ def hf_logits(model: torch.nn.Module, tokens_BxT: np.ndarray, mask_BxT: np.ndarr
 def max_real_diff(a_BxTxV, b_BxTxV, mask_BxT) -> float:
     """Largest |a - b| over real (non-padding) positions."""
     return float(np.max(np.abs(np.asarray(a_BxTxV) - np.asarray(b_BxTxV))[mask_BxT]))
+
+
+def random_params(params, seed: int):
+    """`params` replaced by values as large as `random_model`'s, so logits are O(1).
+
+    (`init_params` uses std 0.02, whose near-zero logits would make any
+    tolerance trivially met.)
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(path, x):
+        name = jax.tree_util.keystr(path)
+        noise = rng.standard_normal(x.shape).astype(np.float32)
+        value = 1.0 + 0.2 * noise if "norm" in name else (0.5 if "bias" in name else 0.1) * noise
+        return jax.numpy.asarray(value, x.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, params)

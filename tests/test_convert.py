@@ -1,0 +1,254 @@
+"""HF checkpoint import/export: logits parity with `transformers`, round trips, bad input."""
+
+import copy
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ram_jax.config import get_preset
+from ram_jax.convert import load_hf, save_hf
+from ram_jax.tokenizer import slice_vocab
+from ram_jax.transformer import forward, init_params
+from tests import hf_fixtures as hf
+
+PARITY_ATOL = 1e-4
+_forward = jax.jit(forward, static_argnums=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """HF models saved with `save_pretrained`: name -> (torch model, directory)."""
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for seed, (name, config) in enumerate(
+        [
+            ("llama-untied", hf.llama_config(tied=False)),
+            ("llama-tied", hf.llama_config(tied=True)),
+            ("qwen-padded-vocab", hf.qwen_config()),
+        ]
+    ):
+        model = hf.random_model(config, seed)
+        model.save_pretrained(root / name)
+        out[name] = (model, str(root / name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return hf.left_padded_batch(256)  # ids valid in every test vocabulary
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoints):
+    return {name: load_hf(path) for name, (_, path) in checkpoints.items()}
+
+
+def _tensors(path):
+    return safetensors.numpy.load_file(os.path.join(path, "model.safetensors"))
+
+
+def _copy_with(src, dst, tensors=None, config_changes=None):
+    """A copy of checkpoint `src` with its tensors and/or config.json replaced."""
+    shutil.copytree(src, dst)
+    if tensors is not None:
+        safetensors.numpy.save_file(
+            tensors, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"}
+        )
+    if config_changes is not None:
+        with open(os.path.join(dst, "config.json")) as f:
+            config = json.load(f)
+        config.update(config_changes)
+        with open(os.path.join(dst, "config.json"), "w") as f:
+            json.dump(config, f)
+    return str(dst)
+
+
+@pytest.mark.parametrize("name", ["llama-untied", "llama-tied", "qwen-padded-vocab"])
+def test_logits_match_transformers(name, checkpoints, loaded, batch):
+    model, _ = checkpoints[name]
+    config, params = loaded[name]
+    tokens, mask = batch
+    ours, _ = _forward(params, tokens, config, mask_BxT=mask)
+    ref = hf.hf_logits(model, tokens, mask)
+    assert ours.shape == ref.shape == (*tokens.shape, config.vocab_size)
+    err = hf.max_real_diff(ours, ref, mask)
+    print(f"{name}: max |logits - HF logits| = {err:.2e}")
+    assert err <= PARITY_ATOL
+    # The variants really exercise what they claim to.
+    assert config.tie_embeddings == (name != "llama-untied")
+    assert ("lm_head" in params) == (name == "llama-untied")
+    if name.startswith("llama"):
+        assert config.num_kv_heads < config.num_heads
+        assert max(hf.PROMPT_LENGTHS) > config.rope_scaling.original_max_position_embeddings
+    else:
+        assert config.qkv_bias and np.all(np.asarray(params["layers"]["attn"]["q_proj"]["bias"]))
+        assert config.vocab_size > hf.QWEN_TOKENIZER_LENGTH
+        sliced = slice_vocab(ours, hf.QWEN_TOKENIZER_LENGTH)
+        np.testing.assert_array_equal(sliced, np.asarray(ours)[..., : hf.QWEN_TOKENIZER_LENGTH])
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-qwen"])
+@pytest.mark.parametrize("max_shard_bytes", [2**40, 40_000], ids=["single", "sharded"])
+def test_export_round_trip(preset, max_shard_bytes, tmp_path, batch):
+    config = get_preset(preset)
+    params = hf.random_params(init_params(config, jax.random.key(3)), seed=3)
+    path = str(tmp_path / "export")
+    save_hf(params, config, path, max_shard_bytes=max_shard_bytes)
+    files = sorted(os.listdir(path))
+    if max_shard_bytes < 2**40:
+        assert "model.safetensors.index.json" in files and len(files) > 3
+    else:
+        assert files == ["config.json", "model.safetensors"]
+        assert ("lm_head.weight" in _tensors(path)) == (not config.tie_embeddings)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # temp dir renamed away
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
+    tokens, mask = batch
+    ours, _ = _forward(params, tokens, config, mask_BxT=mask)
+    err = hf.max_real_diff(ours, hf.hf_logits(model.eval(), tokens, mask), mask)
+    print(f"{preset} export: max |logits - HF logits| = {err:.2e}")
+    assert err <= PARITY_ATOL
+
+    config2, params2 = load_hf(path)
+    assert config2 == config
+    jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+
+def test_sharded_hf_checkpoint_loads(checkpoints, loaded, tmp_path):
+    model, _ = checkpoints["llama-untied"]
+    model.save_pretrained(tmp_path, max_shard_size="40KB")
+    with open(tmp_path / "model.safetensors.index.json") as f:
+        shards = set(json.load(f)["weight_map"].values())
+    assert len(shards) > 1
+    config, params = load_hf(str(tmp_path))
+    assert config == loaded["llama-untied"][0]
+    jax.tree.map(np.testing.assert_array_equal, params, loaded["llama-untied"][1])
+
+
+def test_bfloat16_checkpoint_kept_bit_exact(checkpoints, tmp_path):
+    model, _ = checkpoints["qwen-padded-vocab"]
+    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(tmp_path)
+    config, params = load_hf(str(tmp_path), param_dtype="bfloat16")
+    assert config.param_dtype == config.dtype == "bfloat16"
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jax.numpy.dtype(jax.numpy.bfloat16)}
+    stored = _tensors(str(tmp_path))
+    q_bias = stored["model.layers.1.self_attn.q_proj.bias"]
+    assert q_bias.dtype == jax.numpy.bfloat16
+    np.testing.assert_array_equal(params["layers"]["attn"]["q_proj"]["bias"][1], q_bias)
+    np.testing.assert_array_equal(
+        params["layers"]["mlp"]["down_proj"]["kernel"][0],
+        stored["model.layers.0.mlp.down_proj.weight"].T,
+    )
+    # The float32 default widens exactly.
+    _, params32 = load_hf(str(tmp_path))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(a, np.asarray(b, np.float32)), params32, params
+    )
+
+
+def test_shardings_place_each_tensor(checkpoints, loaded, batch):
+    _, path = checkpoints["qwen-padded-vocab"]
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+    def spec(x):  # split the last axis 4 ways and the first 2 ways wherever they divide
+        axes = [None] * x.ndim
+        if x.shape[-1] % 4 == 0:
+            axes[-1] = "model"
+        if x.ndim >= 2 and x.shape[0] % 2 == 0:
+            axes[0] = "data"
+        return NamedSharding(mesh, PartitionSpec(*axes))
+
+    config, reference = loaded["qwen-padded-vocab"]
+    shardings = jax.tree.map(spec, reference)
+    _, params = load_hf(path, shardings=shardings)
+    for x, want in zip(jax.tree.leaves(params), jax.tree.leaves(shardings), strict=True):
+        assert x.sharding == want
+    embed = params["embed"]["embedding"]
+    assert {s.data.shape for s in embed.addressable_shards} == {(160, 16)}  # 1/8 per device
+    jax.tree.map(np.testing.assert_array_equal, params, reference)
+    tokens, mask = batch
+    sharded, _ = _forward(params, tokens, config, mask_BxT=mask)
+    unsharded, _ = _forward(reference, tokens, config, mask_BxT=mask)
+    assert hf.max_real_diff(sharded, unsharded, mask) <= 1e-5
+
+
+def test_tied_checkpoint_with_redundant_lm_head_loads(checkpoints, loaded, tmp_path):
+    _, path = checkpoints["llama-tied"]
+    tensors = _tensors(path)
+    assert "lm_head.weight" not in tensors
+    tensors["lm_head.weight"] = np.zeros_like(tensors["model.embed_tokens.weight"])
+    _, params = load_hf(_copy_with(path, tmp_path / "c", tensors))
+    assert "lm_head" not in params
+    jax.tree.map(np.testing.assert_array_equal, params, loaded["llama-tied"][1])
+
+
+def test_unsupported_architecture(checkpoints, tmp_path):
+    _, path = checkpoints["llama-untied"]
+    mistral = {"architectures": ["MistralForCausalLM"], "model_type": "mistral"}
+    bad = _copy_with(path, tmp_path / "c", config_changes=mistral)
+    with pytest.raises(ValueError, match=r"config\.json: unsupported architecture.*Mistral"):
+        load_hf(bad)
+
+
+def test_missing_shard(checkpoints, tmp_path):
+    model, _ = checkpoints["llama-untied"]
+    model.save_pretrained(tmp_path, max_shard_size="40KB")
+    with open(tmp_path / "model.safetensors.index.json") as f:
+        shard = sorted(set(json.load(f)["weight_map"].values()))[1]
+    os.remove(tmp_path / shard)
+    with pytest.raises(FileNotFoundError, match=rf"{shard}: shard listed in .*index\.json"):
+        load_hf(str(tmp_path))
+
+
+def test_wrong_shape_tensor(checkpoints, tmp_path):
+    _, path = checkpoints["llama-untied"]
+    tensors = _tensors(path)
+    name = "model.layers.1.self_attn.k_proj.weight"
+    assert tensors[name].shape == (32, 64)
+    tensors[name] = np.zeros((64, 64), np.float32)
+    bad = _copy_with(path, tmp_path / "c", tensors)
+    with pytest.raises(
+        ValueError,
+        match=r"model\.safetensors: tensor 'model\.layers\.1\.self_attn\.k_proj\.weight' "
+        r"has shape \(64, 64\), expected \(32, 64\)",
+    ):
+        load_hf(bad)
+
+
+@pytest.mark.parametrize("missing", ["model.layers.0.mlp.up_proj.weight", "lm_head.weight"])
+def test_missing_tensor(missing, checkpoints, tmp_path):
+    _, path = checkpoints["llama-untied"]
+    tensors = _tensors(path)
+    del tensors[missing]
+    with pytest.raises(ValueError, match=rf"tensor '{missing}' is missing"):
+        load_hf(_copy_with(path, tmp_path / "c", tensors))
+
+
+def test_unexpected_tensor(checkpoints, tmp_path):
+    _, path = checkpoints["llama-untied"]
+    tensors = _tensors(path)
+    tensors["model.layers.0.mlp.up_proj.bias"] = np.zeros((128,), np.float32)
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.up_proj\.bias"):
+        load_hf(_copy_with(path, tmp_path / "c", tensors))
+
+
+def test_missing_config_or_weights(checkpoints, tmp_path):
+    _, path = checkpoints["llama-untied"]
+    no_config = _copy_with(path, tmp_path / "a")
+    os.remove(os.path.join(no_config, "config.json"))
+    with pytest.raises(FileNotFoundError, match=rf"{no_config}: no config\.json"):
+        load_hf(no_config)
+    no_weights = _copy_with(path, tmp_path / "b")
+    os.remove(os.path.join(no_weights, "model.safetensors"))
+    with pytest.raises(FileNotFoundError, match=rf"{no_weights}: no model\.safetensors"):
+        load_hf(no_weights)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        load_hf(str(tmp_path / "nowhere"))
