@@ -1,0 +1,60 @@
+r"""Train a residual aligner (or a baseline proposal): the command-line entry point.
+
+  python -m ram_jax.main --config=experiments/configs/smoke.py --workdir=/tmp/run \
+      [--config.optimizer.lr=1e-4 ...]
+
+Any config field can be overridden with `--config.<field>=<value>`. Rerunning
+the same command resumes from the latest checkpoint in --workdir. On several
+hosts (TPU pod slices, SLURM), run the same command on every host;
+`jax.distributed.initialize()` is called when a multi-process launch is
+detected (or forced with --distributed).
+"""
+
+import logging
+import os
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and export go here.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"], "Call jax.distributed.initialize()."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+_MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
+
+
+def _multi_process_launch() -> bool:
+    if any(os.environ.get(k) for k in _MULTI_PROCESS_ENV):
+        return True
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    # TPU pod slices list every worker's hostname.
+    return len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+
+
+class _QuietLibraries(logging.Filter):
+    """Drops Orbax's per-save INFO chatter; warnings and errors still show."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def main(argv):
+    del argv
+    import jax
+
+    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+
+    if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _multi_process_launch()):
+        jax.distributed.initialize()
+    from ram_jax import train_loop
+
+    train_loop.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
