@@ -1,0 +1,14 @@
+"""Row `hh-harmless-llama8b-dpo-aligner1b`: the Aligner corrector baseline.
+
+Stages: proposal_sft, proposal, corrector_warmup, corrector.
+Every command: launch/reproduce.sh hh-harmless-llama8b-dpo-aligner1b --dry_run
+"""
+
+from experiments.paper import rows
+
+ROW = rows.Row(task="hh-harmless", family="llama8b", proposal_stage="dpo", method="aligner")
+
+
+def get_config(arg=None):
+    """`arg`: 'stage=NAME' (default corrector), optionally 'runlocal'."""
+    return rows.get_config(ROW, arg)

@@ -1,0 +1,14 @@
+"""Row `hh-harmless-qwen14b-dpo-ram3b`: RAM aligner (ram_sft) on the proposal.
+
+Stages: proposal_sft, proposal, small, aligner.
+Every command: launch/reproduce.sh hh-harmless-qwen14b-dpo-ram3b --dry_run
+"""
+
+from experiments.paper import rows
+
+ROW = rows.Row(task="hh-harmless", family="qwen14b", proposal_stage="dpo", method="ram")
+
+
+def get_config(arg=None):
+    """`arg`: 'stage=NAME' (default aligner), optionally 'runlocal'."""
+    return rows.get_config(ROW, arg)

@@ -1,0 +1,14 @@
+"""Row `tldr-llama8b-wup`: the proposal alone.
+
+Stages: proposal.
+Every command: launch/reproduce.sh tldr-llama8b-wup --dry_run
+"""
+
+from experiments.paper import rows
+
+ROW = rows.Row(task="tldr", family="llama8b", proposal_stage="wup", method="alone")
+
+
+def get_config(arg=None):
+    """`arg`: 'stage=NAME' (default proposal), optionally 'runlocal'."""
+    return rows.get_config(ROW, arg)

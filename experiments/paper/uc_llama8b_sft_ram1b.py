@@ -1,0 +1,14 @@
+"""Row `uc-llama8b-sft-ram1b`: RAM aligner (ram_sft) on the proposal.
+
+Stages: proposal, aligner.
+Every command: launch/reproduce.sh uc-llama8b-sft-ram1b --dry_run
+"""
+
+from experiments.paper import rows
+
+ROW = rows.Row(task="uc", family="llama8b", proposal_stage="sft", method="ram")
+
+
+def get_config(arg=None):
+    """`arg`: 'stage=NAME' (default aligner), optionally 'runlocal'."""
+    return rows.get_config(ROW, arg)
