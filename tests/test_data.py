@@ -1,0 +1,202 @@
+"""Rows, tokenization and batching: exact layouts, determinism, resumption, clear errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ram_jax import data
+from ram_jax.data.pipeline import bucket_length
+from ram_jax.losses import Objective
+from ram_jax.tokenizer import load_tokenizer
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+TRAIN = os.path.join(FIXTURES, "smoke_train.jsonl")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(os.path.join(FIXTURES, "tokenizer.json"))
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_reads_rows_with_k_samples():
+    rows = data.read_rows(TRAIN, need=("sampling",))
+    assert len(rows) == 256
+    first = json.loads(open(TRAIN).readline())
+    assert rows[0].prompt == first["prompt"] and rows[0].chosen == first["chosen"]
+    assert rows[0].sampling == tuple(first["sampling"]) and len(rows[0].sampling) == 2
+    assert rows[0].where == f"{TRAIN}:1"
+
+
+def test_hh_rows_split_at_the_last_assistant_turn():
+    rows = data.read_rows(os.path.join(FIXTURES, "hh.jsonl"), need=("rejected",))
+    lines = [json.loads(x) for x in open(os.path.join(FIXTURES, "hh.jsonl"))]
+    for row, raw in zip(rows, lines, strict=True):
+        assert row.prompt.endswith("\n\nAssistant:")
+        assert row.prompt + row.chosen == raw["chosen"]
+        assert row.prompt + row.rejected == raw["rejected"]
+    multi = rows[1]  # the odd rows have an earlier exchange, which stays in the prompt
+    assert multi.prompt.startswith("\n\nHuman: hello 1\n\nAssistant: hi there\n\nHuman:")
+    assert multi.chosen.startswith(" Thank you")
+
+
+def test_json_array_files(tmp_path):
+    path = _write(tmp_path, "rows.json", json.dumps([{"prompt": "a", "chosen": "b"}]))
+    assert data.read_rows(path)[0].chosen == "b"
+
+
+@pytest.mark.parametrize(
+    "text, need, message",
+    [
+        ('{"prompt": "a", "chosen": "b"}\n{"prompt": "c"}\n', (), r"bad\.jsonl:2: .*'chosen'"),
+        ('{"prompt": "a", "chosen": "b"}\n{oops\n', (), r"bad\.jsonl:2: invalid JSON"),
+        ('{"prompt": "a", "chosen": "b"}\n', ("sampling",), r"bad\.jsonl:1: .*sample_proposal"),
+        ('{"prompt": "a", "chosen": "b"}\n', ("rejected",), r"bad\.jsonl:1: .*'rejected'"),
+        ('{"prompt": "a", "chosen": 3}\n', (), r"bad\.jsonl:1: field 'chosen' must be a string"),
+        ('{"prompt": "a", "chosen": "b", "sampling": [1]}\n', (), r":1: 'sampling' must be"),
+        ("[1, 2]\n", (), r"must be a JSON object"),
+        ('{"chosen": "no turns", "rejected": "x"}\n', (), r":1: HH conversation has no"),
+        (
+            '{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", '
+            '"rejected": "\\n\\nHuman: z\\n\\nAssistant: b"}\n',
+            (),
+            r":1: HH 'chosen' and 'rejected' .* share the prompt",
+        ),
+        ("\n\n", (), r"holds no rows; the dataset is empty"),
+    ],
+)
+def test_bad_rows_name_file_and_line(tmp_path, text, need, message):
+    path = _write(tmp_path, "bad.jsonl", text)
+    with pytest.raises(data.DataError, match=message):
+        data.read_rows(path, need=need)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(data.DataError, match="data file not found"):
+        data.read_rows(str(tmp_path / "nope.jsonl"))
+
+
+def test_tokenize_truncates_prompt_left_and_appends_eos(tok):
+    row = data.Row(prompt="one two three four five six", chosen=" seven eight", sampling=(" x",))
+    prompt_ids = tok.encode(row.prompt, add_special_tokens=False).ids
+    chosen_ids = tok.encode(row.chosen, add_special_tokens=False).ids
+    ex = data.tokenize_rows(
+        [row], tok, Objective("ram_sft"), eos_id=0, max_length=64, max_prompt_length=4
+    )
+    seq = ex.sequences[0][0]
+    assert ex.prompt_lengths[0] == 4
+    assert list(seq[:4]) == prompt_ids[-4:]  # the end of the prompt is kept
+    assert list(seq[4:]) == chosen_ids + [0]
+    sample = ex.sequences[0][1]
+    assert list(sample[:4]) == prompt_ids[-4:] and sample[-1] == 0
+    # The response is cut so the whole sequence fits max_length (EOS cut with it).
+    short = data.tokenize_rows(
+        [row], tok, Objective("sft"), eos_id=0, max_length=5, max_prompt_length=4
+    )
+    assert list(short.sequences[0][0]) == prompt_ids[-4:] + chosen_ids[:1]
+
+
+def test_prompt_template_and_negatives(tok):
+    row = data.Row(prompt="hi", chosen="a", rejected="b", sampling=("c", "d"))
+    kw = dict(eos_id=0, max_length=32, max_prompt_length=16)
+    ex = data.tokenize_rows(
+        [row],
+        tok,
+        Objective("ram_sft"),
+        negatives="rejected",
+        prompt_template="Q: {prompt}\n",
+        **kw,
+    )
+    p = tok.encode("Q: hi\n", add_special_tokens=False).ids
+    assert list(ex.sequences[0][1]) == p + tok.encode("b", add_special_tokens=False).ids + [0]
+    mc = data.tokenize_rows([row], tok, Objective("ram_mc", num_samples=2), **kw)
+    assert mc.group_size == 3
+    with pytest.raises(data.DataError, match="needs 3 proposal sample"):
+        data.tokenize_rows([row], tok, Objective("ram_mc", num_samples=3), **kw)
+
+
+@pytest.fixture(scope="module")
+def examples(tok):
+    rows = data.read_rows(TRAIN, need=("sampling",))
+    return data.tokenize_rows(
+        rows, tok, Objective("ram_sft"), eos_id=0, max_length=64, max_prompt_length=32
+    )
+
+
+def _batches(examples, **kw):
+    args = dict(batch_size=8, grad_accum=2, seed=3, bucket_min=16, max_length=64)
+    return data.Batches(examples, **{**args, **kw})
+
+
+def test_batch_layout_masks_and_buckets(examples):
+    b = _batches(examples).batch(0, 0)
+    a, rows, g, t = b["tokens"].shape
+    assert (a, rows, g) == (2, 4, 2) and b["weight"].shape == (2, 4)
+    ids = _batches(examples).permutation(0)[:8].reshape(2, 4)
+    longest = max(len(s) for i in ids.ravel() for s in examples.sequences[i])
+    assert t == bucket_length(longest, 16, 64) and t >= longest and t & (t - 1) == 0
+    for ai in range(2):
+        for r in range(4):
+            i = ids[ai, r]
+            for s, seq in enumerate(examples.sequences[i]):
+                n, p = len(seq), examples.prompt_lengths[i]
+                np.testing.assert_array_equal(b["tokens"][ai, r, s, :n], seq)
+                assert b["mask"][ai, r, s].sum() == n and not b["mask"][ai, r, s, n:].any()
+                assert np.flatnonzero(b["targets"][ai, r, s]).tolist() == list(range(p, n))
+    assert (b["weight"] == 1).all()
+
+
+def test_order_is_seeded_and_every_example_appears_once_per_epoch(examples):
+    batches = _batches(examples, batch_size=16, grad_accum=1)
+    perm0, perm1 = batches.permutation(0), batches.permutation(1)
+    assert sorted(perm0) == list(range(len(examples))) and (perm0 != perm1).any()
+    np.testing.assert_array_equal(perm0, _batches(examples, batch_size=16).permutation(0))
+    assert (perm0 != _batches(examples, seed=4).permutation(0)).any()
+    assert batches.steps_per_epoch == len(examples) // 16
+
+
+def test_iterator_state_resumes_exactly(examples):
+    batches = _batches(examples, batch_size=64, grad_accum=1)  # 4 steps per epoch
+    it = data.DataIterator(batches)
+    seen = [next(it) for _ in range(6)]  # crosses into epoch 1
+    resumed = data.DataIterator(batches)
+    resumed.restore({"epoch": 0, "index": 3, "seed": 3})
+    for want in seen[3:]:
+        got = next(resumed)
+        np.testing.assert_array_equal(got["tokens"], want["tokens"])
+    assert resumed.state() == it.state() == {"epoch": 1, "index": 2, "seed": 3}
+    with pytest.raises(ValueError, match="seed"):
+        resumed.restore({"epoch": 0, "index": 0, "seed": 9})
+
+
+def test_process_shards_tile_the_global_batch(examples):
+    full = _batches(examples).batch(1, 2)
+    parts = [_batches(examples, process_index=p, process_count=2).batch(1, 2) for p in range(2)]
+    for key in full:
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts], axis=1), full[key])
+
+
+def test_batches_reject_bad_sizes(examples):
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        _batches(examples, batch_size=512, grad_accum=1)
+    with pytest.raises(ValueError, match="not divisible by grad_accum"):
+        _batches(examples, batch_size=8, grad_accum=3)
+
+
+def test_eval_batches_cover_everything_once(examples):
+    seen = []
+    for b in data.eval_batches(examples, 24, bucket_min=16, max_length=64):
+        real = b["weight"][0] > 0
+        for row in b["tokens"][0][real]:
+            seen.append(tuple(row[0][row[0] != 0]))
+        assert not b["mask"][0][~real].any()
+    assert len(seen) == len(examples)
+    first = examples.sequences[0][0]
+    assert seen[0] == tuple(first[first != 0])
