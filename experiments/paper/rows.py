@@ -159,12 +159,13 @@ def stage_config(row: Row, stage: str, runlocal: bool = False):
         c.data.max_length, c.data.max_prompt_length = 3072 + 10, 2048 + 10
         if stage == "corrector":
             c.model.init = "checkpoint"  # from corrector_warmup
-    # Memory (see `python -m ram_jax.plan`): FSDP over every chip, bf16 compute on
-    # float32 master weights, and for the proposals per-layer remat with 8 microbatches.
+    # Memory (`python -m ram_jax.plan --table`): FSDP over every chip, bf16 compute on
+    # float32 master weights, per-layer remat and 8 microbatches (one example per chip
+    # per microbatch on 8 chips), which fits the 1B aligner on a v5e-8.
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
     c.model.dtype = "bfloat16"
-    c.model.remat = big
-    c.grad_accum = 8 if big else 4
+    c.model.remat = True
+    c.grad_accum = 8
     if runlocal:
         _shrink_like_base(c)
         c.model.dtype = "float32"

@@ -1,0 +1,396 @@
+r"""Memory planning: per-device bytes of a training stage or a RAM decoding pair, before renting.
+
+  python -m ram_jax.plan --config=experiments/paper/uc_llama8b_wup_ram1b.py:stage=aligner \
+      --device=v5e-8 [--mesh=data=1,fsdp=8,tensor=1]
+  python -m ram_jax.plan --decode=llama-3.1-8b+llama-3.2-1b --device=8xH100 --batch=32 --length=2048
+  python -m ram_jax.plan --table          # the README table (paper pairs x v5e-8, v4-8, 8xH100)
+
+Parameters and optimizer state are exact: shapes from `jax.eval_shape`
+(`transformer.abstract_params`, `optimizer.init`), per-device shard shapes
+from the regex partition table (`ram_jax.sharding`) on an abstract mesh.
+Everything else is an estimate whose formula is stated here:
+
+  gradients    float32, sharded like the parameters; x2 when grad_accum > 1
+               (the scan carries the running sum next to the microbatch's gradient).
+  gathered     FSDP gathers one stacked layer at a time inside the layer scan;
+               2 layers' weights in the compute dtype (one in use, one prefetched).
+  activations  tokens_dev = batch / (grad_accum * data * fsdp) * G * T, with G
+               sequences per example (sft 1; ram_sft, ram_dpo, dpo 2; ram_mc 1 + K)
+               and T = max_length (the longest bucket). Per token and layer, with
+               s bytes per compute-dtype element (naive attention, as in transformer.py):
+                 A = s * (6 D + 2 N H + 2 K H + 3 F) + (4 + s) * N * T
+               (norm inputs/outputs, residuals, q/k/v, attention output, MLP
+               gate/up/product; float32 scores and compute-dtype probabilities
+               over T keys). Logits: 12 V bytes per token (float32 logits,
+               log-softmax, their gradient).
+                 no remat:  tokens_dev * (L * A + 12 V)
+                 remat:     tokens_dev * (L * s * D + A + 12 V)
+               (per-layer remat keeps each layer's input and recomputes one layer).
+  reference    DPO's frozen reference: its float32 parameters, sharded the same way.
+  decoding     both models' weights in the decode dtype, sharded by the table, plus
+               KV caches 2 * L * B * S * K * H * s per model, the batch split over
+               (data, fsdp) when it divides.
+XLA's own buffers, fragmentation and collectives' scratch are not modelled:
+keep the estimate under about 90% of HBM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AbstractMesh, AxisType
+
+from ram_jax import sharding as shd
+from ram_jax.config import ModelConfig, get_preset
+from ram_jax.transformer import abstract_params
+
+GiB = 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """An accelerator slice: chips and HBM per chip."""
+
+    name: str
+    chips: int
+    hbm_bytes: int
+
+
+DEVICES = {
+    "v5e-8": Device("v5e-8", 8, 16 * GiB),
+    "v4-8": Device("v4-8", 4, 32 * GiB),
+    "8xH100": Device("8xH100", 8, 80 * GiB),
+}
+GROUP_SIZE = {"sft": 1, "ram_sft": 2, "ram_dpo": 2, "dpo": 2}
+
+
+def abstract_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1) -> AbstractMesh:
+    """A device-free ('data', 'fsdp', 'tensor') mesh for shard-shape arithmetic."""
+    return AbstractMesh((data, fsdp, tensor), shd.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def parse_mesh(text: str, chips: int) -> AbstractMesh:
+    """'data=1,fsdp=-1,tensor=1' -> mesh over `chips` devices (-1 takes the rest)."""
+    sizes = {"data": 1, "fsdp": 1, "tensor": 1}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in sizes:
+            raise ValueError(f"--mesh: unknown axis {key!r}; use data, fsdp, tensor.")
+        sizes[key] = int(value)
+    known = math.prod(v for v in sizes.values() if v != -1)
+    for k, v in sizes.items():
+        if v == -1:
+            sizes[k] = chips // known
+    if math.prod(sizes.values()) != chips:
+        raise ValueError(f"mesh {sizes} does not use exactly {chips} chips.")
+    return abstract_mesh(**sizes)
+
+
+def sharded_bytes(tree, shardings) -> int:
+    """Bytes one device holds of `tree` (ShapeDtypeStructs) under `shardings`."""
+    total = 0
+    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True):
+        total += math.prod(s.shard_shape(tuple(x.shape))) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+@functools.lru_cache(maxsize=256)
+def param_bytes(config: ModelConfig, mesh: AbstractMesh, dtype: str = "float32") -> int:
+    """Per-device bytes of a model's parameters stored in `dtype`."""
+    params = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype)), abstract_params(config)
+    )
+    return sharded_bytes(params, shd.param_shardings(params, mesh))
+
+
+@functools.lru_cache(maxsize=256)
+def optimizer_bytes(config: ModelConfig, optimizer, mesh: AbstractMesh) -> int:
+    """Per-device bytes of `optimizer.init` on float32 parameters (exact)."""
+    params = abstract_params(config.replace(param_dtype="float32"))
+    state = jax.eval_shape(optimizer.init, params)
+    return sharded_bytes(state, shd.state_shardings(state, mesh))
+
+
+@functools.lru_cache(maxsize=256)
+def layer_weight_bytes(config: ModelConfig, mesh: AbstractMesh) -> int:
+    """One layer's weights in the compute dtype, gathered over fsdp (still split by tensor)."""
+    params = abstract_params(config)["layers"]
+    tensor = mesh.shape["tensor"]
+    n = sum(math.prod(x.shape[1:]) for x in jax.tree.leaves(params))
+    return n * jnp.dtype(config.dtype).itemsize // tensor
+
+
+def activation_bytes_per_token(config: ModelConfig, seq_len: int, remat: bool) -> int:
+    """The module docstring's A-formula, per token, summed over layers (+ logits)."""
+    c = config
+    s = jnp.dtype(c.dtype).itemsize
+    n, k, h = c.num_heads, c.num_kv_heads, c.head_dim
+    layer = s * (6 * c.hidden_size + 2 * n * h + 2 * k * h + 3 * c.intermediate_size)
+    layer += (4 + s) * n * seq_len
+    logits = 12 * c.vocab_size
+    if remat:
+        return c.num_layers * s * c.hidden_size + layer + logits
+    return c.num_layers * layer + logits
+
+
+def train_memory(
+    config: ModelConfig,
+    optimizer,
+    mesh: AbstractMesh,
+    *,
+    objective: str,
+    batch_size: int,
+    grad_accum: int,
+    max_length: int,
+    remat: bool,
+    num_samples: int = 1,
+) -> dict[str, int]:
+    """Per-device bytes of one training stage (keys: params ... total)."""
+    group = 1 + num_samples if objective == "ram_mc" else GROUP_SIZE[objective]
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % (grad_accum * rows):
+        raise ValueError(
+            f"batch {batch_size} does not split into {grad_accum} microbatches over {rows} "
+            "batch shards."
+        )
+    tokens = batch_size // (grad_accum * rows) * group * max_length
+    p = param_bytes(config, mesh)
+    out = {
+        "params": p,
+        "optimizer": optimizer_bytes(config, optimizer, mesh),
+        "gradients": p * (2 if grad_accum > 1 else 1),
+        "gathered": 2 * layer_weight_bytes(config, mesh),
+        "activations": tokens * activation_bytes_per_token(config, max_length, remat),
+        "reference": p if objective == "dpo" else 0,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def decode_memory(
+    proposal: ModelConfig,
+    aligner: ModelConfig | None,
+    mesh: AbstractMesh,
+    *,
+    batch: int,
+    length: int,
+    dtype: str = "bfloat16",
+) -> dict[str, int]:
+    """Per-device bytes of joint decoding: weights and KV caches of both models."""
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    local_batch = batch // rows if batch % rows == 0 else batch
+    s = jnp.dtype(dtype).itemsize
+    out = {}
+    for name, cfg in (("proposal", proposal), ("aligner", aligner)):
+        if cfg is None:
+            continue
+        out[f"{name}_weights"] = param_bytes(cfg, mesh, dtype)
+        kv = 2 * cfg.num_layers * local_batch * length * cfg.num_kv_heads * cfg.head_dim * s
+        out[f"{name}_kv_cache"] = kv
+    out["total"] = sum(out.values())
+    return out
+
+
+def suggest_grad_accum(fits, batch_size: int, rows: int) -> int | None:
+    """Smallest grad_accum (a divisor of the per-shard batch) for which `fits(a)` holds."""
+    per_shard = batch_size // rows
+    for a in range(1, per_shard + 1):
+        if per_shard % a == 0 and fits(a):
+            return a
+    return None
+
+
+def gib(n: int) -> str:
+    return f"{n / GiB:.1f}"
+
+
+def stage_model_config(config) -> ModelConfig:
+    """The trained model's ModelConfig from a training config (HF config.json if present)."""
+    import os
+
+    from ram_jax.config import from_hf_config
+
+    m = config.model
+    dtypes = dict(param_dtype="float32", dtype=m.dtype)
+    if m.init == "hf" and m.path and os.path.exists(os.path.join(m.path, "config.json")):
+        return from_hf_config(m.path, **dtypes)
+    overrides = {k: v for k, v in m.overrides.items() if v is not None}
+    return get_preset(m.preset, **overrides, **dtypes)
+
+
+def plan_training(config, device: Device, mesh: AbstractMesh) -> dict[str, int]:
+    """`train_memory` for a training config (the objective, batch and lengths it sets)."""
+    from ram_jax import optim
+
+    optimizer, _ = optim.from_config(config, total_steps=1000)
+    return train_memory(
+        stage_model_config(config),
+        optimizer,
+        mesh,
+        objective=config.objective.name,
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
+        max_length=config.data.max_length,
+        remat=config.model.remat,
+        num_samples=config.objective.num_samples,
+    )
+
+
+# The paper's pairs and the stages the README table covers.
+PAIRS = (("llama-3.1-8b", "llama-3.2-1b"), ("qwen2.5-14b", "qwen2.5-3b"))
+
+
+def _fit_cell(cfg: ModelConfig, optimizer, mesh, device, objective, remat_options) -> str:
+    budget = 0.9 * device.hbm_bytes
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    for remat in remat_options:
+
+        def fits(a, remat=remat):
+            m = train_memory(
+                cfg,
+                optimizer,
+                mesh,
+                objective=objective,
+                batch_size=64,
+                grad_accum=a,
+                max_length=2048,
+                remat=remat,
+            )
+            return m["total"] <= budget
+
+        a = suggest_grad_accum(fits, 64, rows)
+        if a is not None:
+            m = train_memory(
+                cfg,
+                optimizer,
+                mesh,
+                objective=objective,
+                batch_size=64,
+                grad_accum=a,
+                max_length=2048,
+                remat=remat,
+            )
+            return f"{gib(m['total'])} (accum {a}{', remat' if remat else ''})"
+    m = train_memory(
+        cfg,
+        optimizer,
+        mesh,
+        objective=objective,
+        batch_size=64,
+        grad_accum=64 // rows,
+        max_length=2048,
+        remat=True,
+    )
+    return f"no: {gib(m['total'])} > {gib(int(budget))}"
+
+
+def markdown_table(decode_batch: int = 32, decode_length: int = 2048) -> str:
+    """GiB per device for the paper's stages on each device (batch 64, length 2048, bf16)."""
+    from ram_jax import optim
+
+    optimizer = optim.make_optimizer("rmsprop", 1e-6, clip_norm=10.0)
+    names = list(DEVICES)
+    lines = [
+        "| stage (batch 64, length 2048, bf16 compute) | " + " | ".join(names) + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
+    for big, small in PAIRS:
+        big_cfg = get_preset(big, dtype="bfloat16")
+        small_cfg = get_preset(small, dtype="bfloat16")
+        stages = (
+            (f"aligner {small} ram_sft", small_cfg, "ram_sft", (False, True)),
+            (f"proposal {big} SFT / W.Up", big_cfg, "sft", (True,)),
+            (f"proposal {big} DPO (+ frozen reference)", big_cfg, "dpo", (True,)),
+        )
+        for label, cfg, objective, remats in stages:
+            cells = []
+            for name in names:
+                dev = DEVICES[name]
+                mesh = abstract_mesh(fsdp=dev.chips)
+                cells.append(_fit_cell(cfg, optimizer, mesh, dev, objective, remats))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        cells = []
+        for name in names:
+            dev = DEVICES[name]
+            m = decode_memory(
+                big_cfg,
+                small_cfg,
+                abstract_mesh(fsdp=dev.chips),
+                batch=decode_batch,
+                length=decode_length,
+            )
+            ok = "" if m["total"] <= 0.9 * dev.hbm_bytes else " (no)"
+            cells.append(f"{gib(m['total'])}{ok}")
+        lines.append(
+            f"| decode {big} + {small}, batch {decode_batch}, {decode_length} slots, bf16 | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def _report(title: str, memory: dict[str, int], device: Device) -> str:
+    rows = [f"{title} on {device.name} ({gib(device.hbm_bytes)} GiB per chip)"]
+    for k, v in memory.items():
+        rows.append(f"  {k:<18} {gib(v):>8} GiB")
+    verdict = "fits" if memory["total"] <= 0.9 * device.hbm_bytes else "does NOT fit"
+    rows.append(f"  -> {verdict} (budget 90% of HBM = {gib(int(0.9 * device.hbm_bytes))} GiB)")
+    return "\n".join(rows)
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    f = flags.FLAGS
+    device = DEVICES[f.device]
+    if f.table:
+        print(markdown_table(f.batch, f.length))
+        return
+    if f.decode:
+        big, _, small = f.decode.partition("+")
+        mesh = parse_mesh(f.mesh or "fsdp=-1", device.chips)
+        m = decode_memory(
+            get_preset(big),
+            get_preset(small) if small else None,
+            mesh,
+            batch=f.batch,
+            length=f.length,
+            dtype=f.decode_dtype,
+        )
+        print(_report(f"decode {f.decode} batch {f.batch} x {f.length}", m, device))
+        return
+    config = f.config
+    if config is None:
+        raise ValueError("pass --config=FILE, --decode=BIG+SMALL or --table.")
+    mesh_text = f.mesh or ",".join(f"{a}={config.mesh[a]}" for a in shd.MESH_AXES)
+    mesh = parse_mesh(mesh_text, device.chips)
+    m = plan_training(config, device, mesh)
+    print(
+        _report(
+            f"train {config.model.preset} ({config.objective.name}, batch {config.batch_size}, "
+            f"accum {config.grad_accum}, length {config.data.max_length}, remat "
+            f"{config.model.remat}, mesh {dict(mesh.shape)})",
+            m,
+            device,
+        )
+    )
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Training config file.")
+    flags.DEFINE_enum("device", "v5e-8", sorted(DEVICES), "Accelerator slice.")
+    flags.DEFINE_string("mesh", None, "data=..,fsdp=..,tensor=.. (-1: the rest; default: config).")
+    flags.DEFINE_string("decode", None, "Plan decoding of PROPOSAL+ALIGNER presets instead.")
+    flags.DEFINE_integer("batch", 32, "Decoding batch.")
+    flags.DEFINE_integer("length", 2048, "Decoding cache slots (prompt + new tokens).")
+    flags.DEFINE_string("decode_dtype", "bfloat16", "Weights and cache dtype for decoding.")
+    flags.DEFINE_bool("table", False, "Print the README table for the paper's pairs.")
+    app.run(main)
