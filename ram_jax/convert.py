@@ -26,11 +26,13 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import jax
 import numpy as np
 import safetensors
 import safetensors.numpy
+from absl import logging
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
@@ -41,6 +43,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
+# Checkpoints at least this large show a progress bar unless told otherwise.
+_PROGRESS_BYTES = 2**30
 
 # Our per-layer parameter path -> HF name under `model.layers.{i}.`; kernels
 # are stored transposed by HF (torch Linear weight is [out, in]).
@@ -128,7 +132,7 @@ def load_hf(
     param_dtype: str | None = None,
     dtype: str | None = None,
     shardings=None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> tuple[ModelConfig, Params]:
     """Loads an HF Llama-3.x / Qwen2.x model directory into `(config, params)`.
 
@@ -142,7 +146,8 @@ def load_hf(
       shardings: optional pytree of `jax.sharding.Sharding` with the structure
         of params; each parameter is assembled on the host and placed shard by
         shard, so no device ever holds a whole large model.
-      progress: show a tqdm bar over parameters.
+      progress: show a tqdm bar over tensors (default: for checkpoints of
+        1 GiB or more). A one-line summary is logged either way.
 
     Returns:
       The `ModelConfig` read from `config.json` (with the dtypes above) and a
@@ -180,8 +185,14 @@ def load_hf(
             f"{path}: {len(unexpected)} tensors do not fit the config in {CONFIG_FILE} "
             f"(e.g. {unexpected[:3]}); the checkpoint and config.json disagree."
         )
+    start = time.perf_counter()
+    total_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for _, a in leaves)
+    if progress is None:
+        progress = total_bytes >= _PROGRESS_BYTES
+    bar = tqdm(total=len(expected), unit="tensor", desc="load_hf", disable=not progress)
     params: Params = {}
     with contextlib.ExitStack() as stack:
+        stack.callback(bar.close)
         handles: dict[str, object] = {}
 
         def read(name: str, want_shape: tuple[int, ...]) -> np.ndarray:
@@ -202,7 +213,7 @@ def load_hf(
                 )
             return tensor
 
-        for i, (leaf_path, abstract) in enumerate(tqdm(leaves, disable=not progress)):
+        for i, (leaf_path, abstract) in enumerate(leaves):
             host = np.empty(abstract.shape, abstract.dtype)
             want = _hf_shape(leaf_path, abstract.shape)
             names = _hf_names(leaf_path, config.num_layers)
@@ -213,8 +224,18 @@ def load_hf(
                     host[layer] = tensor
                 else:
                     host[...] = tensor
+                bar.update()
             _set_leaf(params, leaf_path, _place(host, sharding_leaves, i))
             del host
+    logging.info(
+        "load_hf: %s: %d tensors, %.3gB parameters (%s, %.3g GiB) in %.1fs",
+        path,
+        len(expected),
+        sum(int(np.prod(a.shape)) for _, a in leaves) / 1e9,
+        param_dtype,
+        total_bytes / 2**30,
+        time.perf_counter() - start,
+    )
     return config, params
 
 
@@ -285,25 +306,21 @@ def save_hf(
     if expected != got:
         diff = sorted(set(expected.items()) ^ set(got.items()))
         raise ValueError(f"params do not match the config: differing (path, shape) {diff[:4]}")
-    dtype = np.dtype(jax.numpy.dtype(dtype or config.param_dtype))
+    dtype = dtype or config.param_dtype
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"save_hf dtype={dtype!r}: use float32, bfloat16 or float16.")
+    dtype = np.dtype(jax.numpy.dtype(dtype))
     source = _TensorSource(params, config, dtype)
     if jax.process_index() != 0:
         for i in range(len(source.leaves)):  # take part in the cross-process gathers
             source.host_leaf(i)
         return
-    sizes = {}
-    for leaf_path, leaf in source.leaves:
-        one = int(np.prod(_hf_shape(leaf_path, leaf.shape))) * dtype.itemsize
-        sizes.update(dict.fromkeys(_hf_names(leaf_path, config.num_layers), one))
-    shards: list[list[int]] = [[]]
-    shard_bytes = 0
-    for k, (name, _, _) in enumerate(source.entries):
-        if shards[-1] and shard_bytes + sizes[name] > max_shard_bytes:
-            shards.append([])
-            shard_bytes = 0
-        shards[-1].append(k)
-        shard_bytes += sizes[name]
-
+    sizes = [  # bytes of each HF tensor, in checkpoint order
+        int(np.prod(_hf_shape(source.leaves[i][0], source.leaves[i][1].shape))) * dtype.itemsize
+        for _, i, _ in source.entries
+    ]
+    shards = _plan_shards(sizes, max_shard_bytes)
+    start = time.perf_counter()
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
@@ -314,29 +331,63 @@ def save_hf(
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(hf_config, f, indent=2)
         weight_map = {}
+        bar = tqdm(
+            total=len(sizes), unit="tensor", desc="save_hf", disable=sum(sizes) < _PROGRESS_BYTES
+        )
         for s, members in enumerate(shards):
-            file = (
-                WEIGHTS_FILE
-                if len(shards) == 1
-                else (f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors")
-            )
-            shard = {source.entries[k][0]: source.tensor(k) for k in members}
+            file = WEIGHTS_FILE
+            if len(shards) > 1:
+                file = f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors"
+            shard = {}
+            for k in members:
+                shard[source.entries[k][0]] = source.tensor(k)
+                bar.update()
             safetensors.numpy.save_file(shard, os.path.join(tmp, file), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(shard, file))
             del shard
+        bar.close()
         if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+            index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
             with open(os.path.join(tmp, INDEX_FILE), "w") as f:
                 json.dump(index, f, indent=2)
         if tokenizer is not None:
             tokenizer.save(os.path.join(tmp, "tokenizer.json"))
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-            os.replace(path, os.path.join(old, "x"))
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    logging.info(
+        "save_hf: %s: %d tensors in %d file(s), %.3g GiB %s, in %.1fs",
+        path,
+        len(sizes),
+        len(shards),
+        sum(sizes) / 2**30,
+        dtype.name,
+        time.perf_counter() - start,
+    )
+
+
+def _plan_shards(sizes: list[int], max_shard_bytes: int) -> list[list[int]]:
+    """Groups consecutive tensors into shards of at most `max_shard_bytes` (one may exceed)."""
+    shards: list[list[int]] = [[]]
+    shard_bytes = 0
+    for k, size in enumerate(sizes):
+        if shards[-1] and shard_bytes + size > max_shard_bytes:
+            shards.append([])
+            shard_bytes = 0
+        shards[-1].append(k)
+        shard_bytes += size
+    return shards
+
+
+def _replace_dir(tmp: str, path: str) -> None:
+    """Moves the finished `tmp` to `path`, replacing an older export there."""
+    if not os.path.exists(path):
+        os.replace(tmp, path)
+        return
+    # A directory cannot be renamed over a non-empty one: move the old one
+    # aside first, so `path` is missing only between two renames.
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
+    os.replace(path, os.path.join(old, "previous"))
+    os.replace(tmp, path)
+    shutil.rmtree(old)

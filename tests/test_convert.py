@@ -122,6 +122,24 @@ def test_export_round_trip(preset, max_shard_bytes, tmp_path, batch):
     jax.tree.map(np.testing.assert_array_equal, params2, params)
 
 
+def test_export_bfloat16_replaces_previous_export(loaded, tmp_path):
+    config, params = loaded["llama-tied"]
+    path = str(tmp_path / "export")
+    save_hf(params, config, path, max_shard_bytes=40_000)
+    assert len(os.listdir(path)) > 3
+    save_hf(params, config, path, dtype="bfloat16")
+    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors"]  # shards gone
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    config16, params16 = load_hf(path, param_dtype="bfloat16")
+    assert config16 == config.replace(param_dtype="bfloat16", dtype="bfloat16")
+    rounded = jax.tree.map(lambda x: np.asarray(x).astype(jax.numpy.bfloat16), params)
+    jax.tree.map(np.testing.assert_array_equal, params16, rounded)
+    with pytest.raises(ValueError, match="save_hf dtype='int8'"):
+        save_hf(params, config, path, dtype="int8")
+    with pytest.raises(ValueError, match="params do not match the config"):
+        save_hf(params, config.replace(num_layers=3), path)
+
+
 def test_sharded_hf_checkpoint_loads(checkpoints, loaded, tmp_path):
     model, _ = checkpoints["llama-untied"]
     model.save_pretrained(tmp_path, max_shard_size="40KB")
@@ -154,7 +172,7 @@ def test_bfloat16_checkpoint_kept_bit_exact(checkpoints, tmp_path):
     )
 
 
-def test_shardings_place_each_tensor(checkpoints, loaded, batch):
+def test_shardings_place_each_tensor(checkpoints, loaded, batch, tmp_path):
     _, path = checkpoints["qwen-padded-vocab"]
     mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
@@ -178,6 +196,8 @@ def test_shardings_place_each_tensor(checkpoints, loaded, batch):
     sharded, _ = _forward(params, tokens, config, mask_BxT=mask)
     unsharded, _ = _forward(reference, tokens, config, mask_BxT=mask)
     assert hf.max_real_diff(sharded, unsharded, mask) <= 1e-5
+    save_hf(params, config, str(tmp_path / "export"))  # sharded params export too
+    jax.tree.map(np.testing.assert_array_equal, load_hf(str(tmp_path / "export"))[1], reference)
 
 
 def test_tied_checkpoint_with_redundant_lm_head_loads(checkpoints, loaded, tmp_path):
