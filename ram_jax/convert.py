@@ -172,53 +172,26 @@ def load_hf(
                 f"shardings has {len(sharding_leaves)} leaves but the params of {path} have "
                 f"{len(leaves)}; pass one Sharding per parameter, in the params' structure."
             )
-    expected = {n for p, _ in leaves for n in _hf_names(p, config.num_layers)}
-    unexpected = sorted(
-        n
-        for n in files
-        if n not in expected
-        and not n.endswith(_IGNORED_SUFFIXES)
-        and not (n == "lm_head.weight" and config.tie_embeddings)
-    )
-    if unexpected:
-        raise ValueError(
-            f"{path}: {len(unexpected)} tensors do not fit the config in {CONFIG_FILE} "
-            f"(e.g. {unexpected[:3]}); the checkpoint and config.json disagree."
-        )
     start = time.perf_counter()
     total_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for _, a in leaves)
     if progress is None:
         progress = total_bytes >= _PROGRESS_BYTES
-    bar = tqdm(total=len(expected), unit="tensor", desc="load_hf", disable=not progress)
     params: Params = {}
     with contextlib.ExitStack() as stack:
-        stack.callback(bar.close)
-        handles: dict[str, object] = {}
-
-        def read(name: str, want_shape: tuple[int, ...]) -> np.ndarray:
-            if name not in files:
-                raise ValueError(
-                    f"{path}: tensor {name!r} is missing from the checkpoint "
-                    f"(config: {config.architecture}, {config.num_layers} layers, "
-                    f"tie_embeddings={config.tie_embeddings})."
-                )
-            file = files[name]
-            if file not in handles:
-                handles[file] = stack.enter_context(safetensors.safe_open(file, framework="numpy"))
-            tensor = handles[file].get_tensor(name)
-            if tuple(tensor.shape) != want_shape:
-                raise ValueError(
-                    f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, expected "
-                    f"{want_shape} from {CONFIG_FILE}."
-                )
-            return tensor
-
+        handles = {
+            file: stack.enter_context(safetensors.safe_open(file, framework="numpy"))
+            for file in sorted(set(files.values()))
+        }
+        # Every name and shape is checked from the file headers before any
+        # tensor data is read, so a bad checkpoint fails in seconds.
+        expected = _check_tensors(path, config, leaves, files, handles)
+        bar = stack.enter_context(
+            tqdm(total=len(expected), unit="tensor", desc="load_hf", disable=not progress)
+        )
         for i, (leaf_path, abstract) in enumerate(leaves):
             host = np.empty(abstract.shape, abstract.dtype)
-            want = _hf_shape(leaf_path, abstract.shape)
-            names = _hf_names(leaf_path, config.num_layers)
-            for layer, name in enumerate(names):
-                tensor = read(name, want)
+            for layer, name in enumerate(_hf_names(leaf_path, config.num_layers)):
+                tensor = handles[files[name]].get_tensor(name)
                 tensor = tensor.T if leaf_path[-1] == "kernel" else tensor
                 if leaf_path[0] == "layers":
                     host[layer] = tensor
@@ -237,6 +210,41 @@ def load_hf(
         time.perf_counter() - start,
     )
     return config, params
+
+
+def _check_tensors(path, config, leaves, files, handles) -> set[str]:
+    """Raises a clear error for missing, unexpected or wrongly shaped tensors."""
+    expected = {}
+    for leaf_path, abstract in leaves:
+        want = _hf_shape(leaf_path, abstract.shape)
+        expected.update(dict.fromkeys(_hf_names(leaf_path, config.num_layers), want))
+    missing = sorted(set(expected) - set(files))
+    if missing:
+        raise ValueError(
+            f"{path}: tensor {missing[0]!r} is missing from the checkpoint "
+            f"({len(missing)} missing in all; config.json: {config.architecture}, "
+            f"{config.num_layers} layers, tie_word_embeddings={config.tie_embeddings})."
+        )
+    unexpected = sorted(
+        n
+        for n in files
+        if n not in expected
+        and not n.endswith(_IGNORED_SUFFIXES)
+        and not (n == "lm_head.weight" and config.tie_embeddings)
+    )
+    if unexpected:
+        raise ValueError(
+            f"{path}: {len(unexpected)} tensors do not fit the model in {CONFIG_FILE} "
+            f"(e.g. {unexpected[:3]}); the checkpoint and config.json disagree."
+        )
+    for name, want in expected.items():
+        found = tuple(handles[files[name]].get_slice(name).get_shape())
+        if found != want:
+            raise ValueError(
+                f"{files[name]}: tensor {name!r} has shape {found}, expected {want} "
+                f"from {CONFIG_FILE}."
+            )
+    return set(expected)
 
 
 def _place(host: np.ndarray, sharding_leaves, i: int) -> jax.Array:
