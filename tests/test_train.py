@@ -1,0 +1,201 @@
+"""The train step: sharded == single device, accumulation == large batch, optimizer parity."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from ram_jax import data, optim, train
+from ram_jax import sharding as shd
+from ram_jax.config import get_preset
+from ram_jax.losses import Objective, model_sequence_logprobs
+from ram_jax.tokenizer import load_tokenizer
+from ram_jax.transformer import abstract_params
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+CONFIG = get_preset("tiny-llama", vocab_size=384, num_layers=1)
+OBJ = Objective("ram_sft", alpha=0.1)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    tok = load_tokenizer(os.path.join(FIXTURES, "tokenizer.json"))
+    load = lambda name: data.tokenize_rows(
+        data.read_rows(os.path.join(FIXTURES, name), need=("sampling",)),
+        tok,
+        OBJ,
+        eos_id=0,
+        max_length=48,
+        max_prompt_length=24,
+    )
+    return load("smoke_train.jsonl"), load("smoke_eval.jsonl")
+
+
+def _setup(mesh, objective=OBJ, lr=1e-2, name="rmsprop", config=CONFIG, steps=10, warmup=0.1):
+    schedule = optim.make_schedule("warmup_constant", lr, steps, warmup_fraction=warmup)
+    if name == "sgd":  # exact comparisons: rmsprop's first steps amplify rounding to ~lr
+        opt = optax.chain(optax.clip_by_global_norm(10.0), optax.sgd(schedule))
+    else:
+        opt = optim.make_optimizer(name, schedule, clip_norm=10.0)
+    shardings = train.state_shardings(train.abstract_state(config, opt), mesh)
+    state = train.init_state(config, opt, jax.random.key(0), shardings)
+    step = train.make_train_step(config, objective, opt, schedule, shardings, mesh, vocab_limit=384)
+    return state, step
+
+
+def _run(mesh, batches):
+    state, step = _setup(mesh, name="sgd", lr=0.5, steps=1)
+    for b in batches:
+        state, metrics = step(state, train.put_batch(b, mesh), None)
+    return state, jax.device_get(metrics)
+
+
+@pytest.fixture(scope="module")
+def three_batches(examples):
+    it = data.DataIterator(_batches(examples[0]))
+    return [next(it) for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def single_device_run(three_batches):
+    state, metrics = _run(shd.make_mesh(devices=jax.devices()[:1]), three_batches)
+    return jax.device_get(state.params), metrics
+
+
+def _batches(examples, batch_size=8, grad_accum=1):
+    return data.Batches(
+        examples, batch_size=batch_size, grad_accum=grad_accum, seed=0, bucket_min=16, max_length=48
+    )
+
+
+def test_partition_table():
+    mesh = shd.make_mesh(data=2, fsdp=2, tensor=2)
+    spec = lambda path, shape: shd.spec_for(path, shape, mesh)
+    assert spec("layers/attn/q_proj/kernel", (16, 64, 64)) == P(None, "fsdp", "tensor")
+    assert spec("layers/mlp/down_proj/kernel", (16, 128, 64)) == P(None, "tensor", "fsdp")
+    assert spec("embed/embedding", (384, 64)) == P("tensor", "fsdp")
+    assert spec("layers/attn_norm/scale", (16, 64)) == P(None, None)
+    # A dimension the axis does not divide is replicated instead of failing.
+    assert spec("layers/attn/k_proj/kernel", (2, 64, 5)) == P(None, "fsdp", None)
+    # Optimizer-state leaves shard like the parameter they mirror; L is never split.
+    opt_state = jax.eval_shape(optax.adam(1e-3).init, abstract_params(CONFIG))
+    mu = shd.state_shardings(opt_state, mesh)[0].mu
+    assert mu["layers"]["mlp"]["up_proj"]["kernel"].spec == P(None, "fsdp", "tensor")
+    with pytest.raises(ValueError, match="needs 3 devices"):
+        shd.make_mesh(data=3)
+    assert dict(shd.make_mesh(fsdp=4).shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+
+
+def test_sharded_step_equals_single_device(three_batches, single_device_run):
+    mesh = shd.make_mesh(data=2, fsdp=2, tensor=2)
+    state, metrics = _run(mesh, three_batches)
+    kernel = state.params["layers"]["mlp"]["up_proj"]["kernel"]
+    assert kernel.sharding.spec == P(None, "fsdp", "tensor")
+    assert len(kernel.addressable_shards) == 8
+    p1, m1 = single_device_run
+    assert metrics["loss"] == pytest.approx(m1["loss"], rel=1e-5)
+    p8 = jax.device_get(state.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p8)
+
+
+def test_gradient_accumulation_equals_large_batch(examples, three_batches, single_device_run):
+    # The same rows as 2 microbatches of 4, plus a padding row (weight 0) in each.
+    def split(big):
+        small = {k: v.reshape(2, v.shape[1] // 2, *v.shape[2:]) for k, v in big.items()}
+        return {k: np.concatenate([v, np.zeros_like(v[:, :1])], axis=1) for k, v in small.items()}
+
+    np.testing.assert_array_equal(
+        _batches(examples[0], 8, 2).batch(0, 0)["tokens"], split(three_batches[0])["tokens"][:, :4]
+    )
+    state, metrics = _run(shd.make_mesh(devices=jax.devices()[:1]), map(split, three_batches))
+    p_big, m_big = single_device_run
+    assert metrics["examples"] == m_big["examples"] == 8
+    for key in ("loss", "grad_norm", "chosen_logp", "sample_logp"):
+        assert metrics[key] == pytest.approx(m_big[key], rel=1e-5)
+    p_acc = jax.device_get(state.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p_big, p_acc)
+
+
+def test_rmsprop_matches_torch_defaults():
+    import torch
+
+    w0 = np.random.default_rng(0).normal(size=(5,)).astype(np.float32)
+    grads = [np.random.default_rng(i + 1).normal(size=(5,)).astype(np.float32) for i in range(4)]
+    tw = torch.nn.Parameter(torch.tensor(w0))
+    topt = torch.optim.RMSprop([tw], lr=1e-2)
+    opt = optim.make_optimizer("rmsprop", optax.constant_schedule(1e-2))
+    w, s = jnp.asarray(w0), opt.init(jnp.asarray(w0))
+    for g in grads:
+        tw.grad = torch.tensor(g)
+        topt.step()
+        u, s = opt.update(jnp.asarray(g), s, w)
+        w = optax.apply_updates(w, u)
+    np.testing.assert_allclose(np.asarray(w), tw.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_schedules():
+    s = optim.make_schedule("warmup_constant", 2e-7, 100, warmup_fraction=0.1)
+    assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(1e-7)
+    assert float(s(10)) == pytest.approx(2e-7) and float(s(99)) == pytest.approx(2e-7)
+    c = optim.make_schedule("cosine", 1.0, 100, warmup_fraction=0.1, min_lr_fraction=0.1)
+    assert float(c(10)) == pytest.approx(1.0) and float(c(100)) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="schedule"):
+        optim.make_schedule("linear", 1.0, 10)
+
+
+def test_bf16_compute_keeps_float32_master_weights_and_tiny_updates(examples):
+    mesh = shd.make_mesh(devices=jax.devices()[:1])
+    config = CONFIG.replace(dtype="bfloat16")
+    state, step = _setup(mesh, lr=2e-7, config=config, warmup=0.0)
+    before = jax.device_get(state.params)
+    state, metrics = step(state, train.put_batch(_batches(examples[0]).batch(0, 0), mesh), None)
+    after = jax.device_get(state.params)
+    assert float(metrics["lr"]) == pytest.approx(2e-7)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(after))
+    # In bfloat16 parameters (8 mantissa bits) almost every 2e-7 update would round away.
+    k0, k1 = (p["layers"]["mlp"]["up_proj"]["kernel"] for p in (before, after))
+    assert np.mean(k0 != k1) > 0.9
+    # The same update applied to bfloat16 parameters mostly vanishes.
+    k0_bf16 = k0.astype(jnp.bfloat16)
+    vanished = (k0_bf16 + (k1 - k0).astype(jnp.bfloat16)) == k0_bf16
+    assert np.mean(vanished) > 0.5
+    with pytest.raises(ValueError, match="float32 master weights"):
+        train.abstract_state(CONFIG.replace(param_dtype="bfloat16"), optax.sgd(1.0))
+
+
+def test_ram_sft_lowers_proposal_sample_logprob_relative_to_sft(examples):
+    train_ex, eval_ex = examples
+    mesh = shd.make_mesh(devices=jax.devices()[:1])
+    eval_batch = next(data.eval_batches(eval_ex, 32, bucket_min=16, max_length=48))
+
+    @jax.jit
+    def mean_logp(params):
+        b = {k: v[0] for k, v in eval_batch.items()}
+        lp = model_sequence_logprobs(
+            params,
+            CONFIG,
+            b["tokens"].reshape(-1, b["tokens"].shape[-1]),
+            b["mask"].reshape(-1, b["mask"].shape[-1]),
+            b["targets"].reshape(-1, b["targets"].shape[-1]),
+            vocab_limit=384,
+        ).reshape(b["tokens"].shape[:2])
+        return lp.mean(axis=0)  # [chosen, sample]
+
+    out = {}
+    for objective in (Objective("sft"), Objective("ram_sft", alpha=1.0)):
+        state, step = _setup(mesh, objective, lr=3e-3, name="adamw", steps=12)
+        it = data.DataIterator(_batches(train_ex, 16))
+        for _ in range(12):
+            batch = next(it)
+            if objective.name == "sft":  # sft reads only the target sequence
+                batch = {k: (v[:, :, :1] if v.ndim == 4 else v) for k, v in batch.items()}
+            state, _ = step(state, train.put_batch(batch, mesh), None)
+        out[objective.name] = np.asarray(mean_logp(state.params))
+    chosen_sft, sample_sft = out["sft"]
+    chosen_ram, sample_ram = out["ram_sft"]
+    assert sample_ram < sample_sft - 5.0, out  # samples pushed down by the alpha term
+    assert chosen_ram > chosen_sft - 5.0, out  # while the target is still learned
