@@ -287,7 +287,7 @@ class _TensorSource:
         x = self.host_leaf(i)
         x = x[layer] if leaf_path[0] == "layers" else x
         x = x.T if leaf_path[-1] == "kernel" else x
-        return np.ascontiguousarray(x.astype(self.dtype))
+        return np.ascontiguousarray(x, dtype=self.dtype)  # one pass: cast + layout
 
 
 def save_hf(
@@ -390,6 +390,12 @@ def _plan_shards(sizes: list[int], max_shard_bytes: int) -> list[list[int]]:
 
 def _replace_dir(tmp: str, path: str) -> None:
     """Moves the finished `tmp` to `path`, replacing an older export there."""
+    # mkdtemp makes a private directory; give the export the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    for name in os.listdir(tmp):
+        os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
     if not os.path.exists(path):
         os.replace(tmp, path)
         return
