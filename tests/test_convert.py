@@ -130,6 +130,9 @@ def test_export_bfloat16_replaces_previous_export(loaded, tmp_path):
     save_hf(params, config, path, dtype="bfloat16")
     assert sorted(os.listdir(path)) == ["config.json", "model.safetensors"]  # shards gone
     assert sorted(os.listdir(tmp_path)) == ["export"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0o700
     config16, params16 = load_hf(path, param_dtype="bfloat16")
     assert config16 == config.replace(param_dtype="bfloat16", dtype="bfloat16")
     rounded = jax.tree.map(lambda x: np.asarray(x).astype(jax.numpy.bfloat16), params)
