@@ -1,0 +1,179 @@
+"""Aggregates per-seed metrics into results.json, results.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+
+METRICS = (
+    "style_compliance",
+    "factual_accuracy",
+    "well_formed",
+    "distinct_2",
+    "trainable_params",
+    "train_seconds",
+    "ttft_seconds",
+    "tokens_per_second",
+)
+# Table order: the baselines first, then the RAM variants in the order run.
+BASELINES = ("proposal", "aligner", "proposal_sft", "corrector")
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Writes `data` to `path` through a temporary file and `os.replace`."""
+    mode = "wb" if isinstance(data, bytes) else "w"
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    # Sample standard deviation (n - 1): the spread a new seed would show.
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, s
+
+
+def method_order(names) -> list[str]:
+    names = list(dict.fromkeys(names))
+    return [n for n in BASELINES if n in names] + [n for n in names if n not in BASELINES]
+
+
+def aggregate(per_seed: Sequence[dict[str, dict[str, float]]]) -> tuple[dict, dict]:
+    """Per-seed `{method: {metric: value}}` -> (means, standard deviations).
+
+    A method must have every metric in every seed; a missing one is an error
+    rather than a silently shorter average.
+    """
+    if not per_seed:
+        raise ValueError("no seeds to aggregate.")
+    names = method_order(n for run in per_seed for n in run)
+    means, stds = {}, {}
+    for name in names:
+        means[name], stds[name] = {}, {}
+        for metric in METRICS:
+            try:
+                xs = [float(run[name][metric]) for run in per_seed]
+            except KeyError as e:
+                raise ValueError(f"method {name!r} lacks {e} in some seed.") from None
+            means[name][metric], stds[name][metric] = _mean_std(xs)
+    return means, stds
+
+
+def _fmt(metric: str, m: float, s: float, n: int) -> str:
+    if metric == "trainable_params":
+        return f"{m / 1e3:.0f}k" if m else "0"
+    if metric in ("ttft_seconds",):
+        body = f"{m * 1e3:.0f}" + (f" ± {s * 1e3:.0f}" if n > 1 else "")
+        return body + " ms"
+    if metric in ("train_seconds", "tokens_per_second"):
+        return f"{m:.0f}" + (f" ± {s:.0f}" if n > 1 else "")
+    return f"{m:.2f}" + (f" ± {s:.2f}" if n > 1 else "")
+
+
+def markdown_table(means: dict, stds: dict, num_seeds: int) -> str:
+    header = (
+        "| method | style | accuracy | well-formed | distinct-2 | trainable params "
+        "| train s | TTFT | tokens/s |"
+    )
+    lines = [header, "|" + " --- |" * 9]
+    for name in means:
+        cells = [_fmt(k, means[name][k], stds[name][k], num_seeds) for k in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(means: dict, stds: dict, out_dir: str) -> list[str]:
+    """Accuracy-vs-style scatter and a TTFT bar chart; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    for name, m in means.items():
+        s = stds[name]
+        is_ram = name.startswith("ram_")
+        ax.errorbar(
+            m["style_compliance"],
+            m["factual_accuracy"],
+            xerr=s["style_compliance"],
+            yerr=s["factual_accuracy"],
+            fmt="o" if is_ram else "s",
+            color="tab:blue" if is_ram else "tab:gray",
+            capsize=3,
+        )
+        ax.annotate(
+            name,
+            (m["style_compliance"], m["factual_accuracy"]),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    ax.set_xlim(-0.05, 1.1)
+    ax.set_ylim(-0.05, 1.1)
+    ax.set_xlabel("style compliance (aligned behaviour)")
+    ax.set_ylabel("factual accuracy on unseen entities (knowledge)")
+    ax.set_title("RAM: knowledge from the proposal, style from the aligner")
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, os.path.join(out_dir, "accuracy_vs_style.png")))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(means) + 1.5))
+    names = list(means)
+    ttft = [means[n]["ttft_seconds"] * 1e3 for n in names]
+    err = [stds[n]["ttft_seconds"] * 1e3 for n in names]
+    colors = ["tab:blue" if n.startswith("ram_") else "tab:gray" for n in names]
+    ax.barh(names, ttft, xerr=err, color=colors)
+    ax.invert_yaxis()
+    ax.set_xlabel("time to first token (ms, batch decode on this CPU)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    paths.append(_save(fig, os.path.join(out_dir, "ttft.png")))
+    plt.close(fig)
+    return paths
+
+
+def _save(fig, path: str) -> str:
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def write_results(out_dir: str, per_seed: Sequence[dict], info: dict) -> dict:
+    """Writes results.json, results.md and the plots; returns the JSON object."""
+    means, stds = aggregate(per_seed)
+    results = {"methods": means, "std": stds, "per_seed": list(per_seed), **info}
+    write_atomic(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2) + "\n")
+    plots = plot(means, stds, out_dir)
+    n = len(per_seed)
+    md = [
+        f"# RAM embedded experiment ({'quick' if info.get('quick') else 'full'} run, "
+        f"{n} seed{'s' if n > 1 else ''}{', mean ± std' if n > 1 else ''})",
+        "",
+        markdown_table(means, stds, n),
+        "",
+        "style: fraction of answers in the target (polite) style; accuracy: fraction stating "
+        "the true attribute of an entity absent from the aligned set; TTFT: seconds to the "
+        "first answer token for a batch (the corrector's includes the proposal's whole answer).",
+        "",
+        *[f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots],
+        "",
+    ]
+    write_atomic(os.path.join(out_dir, "results.md"), "\n".join(md))
+    return results

@@ -1,0 +1,154 @@
+"""The embedded experiment: world determinism, scorers on hand-made strings,
+report aggregation, and the `--quick` end-to-end run asserting the paper's
+qualitative claims."""
+
+import json
+import random
+
+import pytest
+
+from experiments.demo import report, scorers
+from experiments.demo import world as W
+
+SPEC = W.WorldSpec(num_entities=30, num_eval=20)
+VALUES = {"capital": ("Mekbar", "Tesville"), "colour": W.COLOURS, "number": W.NUMBERS}
+
+
+def test_world_is_a_function_of_the_seed():
+    a, b, c = W.make_world(3, SPEC), W.make_world(3, SPEC), W.make_world(4, SPEC)
+    assert a == b
+    assert a.facts != c.facts and a.base != c.base
+
+
+def test_world_splits_separate_knowledge_from_alignment():
+    w = W.make_world(0, SPEC)
+    assert len(w.facts) == 30
+    assert set(w.aligned_entities).isdisjoint(w.eval_entities)
+    assert set(w.aligned_entities) | set(w.eval_entities) == set(w.facts)
+    assert len(w.aligned_entities) == round(0.25 * 30)
+    # The base corpus covers every entity and attribute base_repeats times.
+    assert len(w.base) == 30 * 3 * SPEC.base_repeats
+    assert {e.entity for e in w.base} == set(w.facts)
+    # The aligned set is target-style only and never mentions an eval entity.
+    assert {e.style for e in w.aligned} == {W.TARGET_STYLE}
+    assert {e.entity for e in w.aligned} == set(w.aligned_entities)
+    assert all(e.entity not in a.answer for e in w.eval for a in w.aligned)
+    # Evaluation asks about unseen entities; references state the table's facts.
+    assert {e.entity for e in w.eval} <= set(w.eval_entities)
+    assert all(e.value == w.facts[e.entity][e.attribute] for e in w.eval)
+    assert len(w.eval) == 20
+
+
+def test_base_corpus_mixture_and_noise():
+    w = W.make_world(1, W.WorldSpec(num_entities=200))
+    n = len(w.base)
+    styles = {s: sum(e.style == s for e in w.base) / n for s in W.STYLES}
+    # 3600 draws: each share is within 4 binomial standard deviations (< 0.035).
+    for s, p in zip(W.STYLES, W.WorldSpec().style_mix):
+        assert abs(styles[s] - p) < 0.035, (s, styles[s], p)
+    noisy = sum(e.value != w.facts[e.entity][e.attribute] for e in w.base) / n
+    assert abs(noisy - W.WorldSpec().fact_noise) < 0.012
+    # Every base answer is stated in its own style and states its own value.
+    for e in w.base[:500]:
+        p = scorers.parse_answer(e.answer)
+        assert (p.style, p.entity, p.attribute, p.value) == (
+            e.style,
+            e.entity,
+            e.attribute,
+            e.value,
+        )
+
+
+def test_rejected_answer_keeps_the_fact_and_changes_the_style():
+    w = W.make_world(0, SPEC)
+    rng = random.Random(0)
+    for e in w.aligned:
+        p = scorers.parse_answer(W.rejected_answer(rng, e))
+        assert p.style != W.TARGET_STYLE
+        assert (p.entity, p.attribute, p.value) == (e.entity, e.attribute, e.value)
+
+
+@pytest.mark.parametrize(
+    "text,parsed",
+    [
+        (
+            "Certainly! The capital of Zorvania is Mekbar. I hope this helps.",
+            ("polite", "Zorvania", "capital", "Mekbar"),
+        ),
+        ("Zorvania has blue as its colour.", ("neutral", "Zorvania", "colour", "blue")),
+        ("Ugh. The number of Zorvania is six. Now go away.", ("rude", "Zorvania", "number", "six")),
+        # Opener and closer from different styles: not a template.
+        ("Certainly! The capital of Zorvania is Mekbar. Stop asking.", None),
+        # Cut before the closer, trailing text, doubled fact, unknown attribute.
+        ("Certainly! The capital of Zorvania is Mekbar.", None),
+        ("The capital of Zorvania is Mekbar. Human", None),
+        ("The capital of Zorvania is Mekbar. The capital of Zorvania is Mekbar.", None),
+        ("The anthem of Zorvania is Mekbar.", None),
+    ],
+)
+def test_parse_answer(text, parsed):
+    got = scorers.parse_answer(text)
+    assert (got and (got.style, got.entity, got.attribute, got.value)) == (parsed or None)
+
+
+def test_scorers_on_hand_made_answers():
+    ok = "Of course! Zorvania has Mekbar as its capital. Have a lovely day."
+    assert scorers.style_compliant(ok)
+    assert scorers.well_formed(ok) and not scorers.well_formed(ok, finished=False)
+    assert scorers.factually_accurate(ok, "Zorvania", "capital", "Mekbar", VALUES["capital"])
+    # Right style markers but a rude one inside, or only an opener: not compliant.
+    assert not scorers.style_compliant("Certainly! Ugh. The capital of X is Y. I hope this helps.")
+    assert not scorers.style_compliant("Certainly! The capital of Zorvania is Mekbar.")
+    # Wrong value, hedged values, wrong entity: not accurate.
+    acc = scorers.factually_accurate
+    assert not acc(
+        "The capital of Zorvania is Tesville.", "Zorvania", "capital", "Mekbar", VALUES["capital"]
+    )
+    assert not acc(
+        "Zorvania: Mekbar or Tesville.", "Zorvania", "capital", "Mekbar", VALUES["capital"]
+    )
+    assert not acc(
+        "The capital of Blorvia is Mekbar.", "Zorvania", "capital", "Mekbar", VALUES["capital"]
+    )
+    # distinct-2 by hand: "a b a b" has bigrams ab, ba, ab -> 2 unique of 3;
+    # with "a b c": ab, bc -> 3 unique of 5 overall.
+    assert scorers.distinct_n(["a b a b"]) == pytest.approx(2 / 3)
+    assert scorers.distinct_n(["a b a b", "a b c"]) == pytest.approx(3 / 5)
+
+
+def test_score_answers_means():
+    w = W.make_world(0, SPEC)
+    ex = w.eval[:4]
+    good = [e.answer for e in ex]
+    wrong_value = [v for v in w.values[ex[1].attribute] if v != ex[1].value][0]
+    answers = [
+        good[0],
+        f"Ugh. The {ex[1].attribute} of {ex[1].entity} is {wrong_value}. Stop asking.",
+        good[2],
+        "Certainly! The",
+    ]
+    m = scorers.score_answers(answers, ex, w.values, finished=[True, True, False, False])
+    assert m["style_compliance"] == 2 / 4
+    assert m["factual_accuracy"] == 2 / 4
+    assert m["well_formed"] == 2 / 4  # the third is cut at the token limit
+    with pytest.raises(ValueError, match="answers for"):
+        scorers.score_answers(answers[:3], ex, w.values)
+
+
+def test_report_aggregates_mean_and_sample_std(tmp_path):
+    metrics = dict.fromkeys(report.METRICS, 1.0)
+    runs = [
+        {"ram_product": {**metrics, "style_compliance": 0.5}, "proposal": metrics},
+        {"ram_product": {**metrics, "style_compliance": 1.0}, "proposal": metrics},
+    ]
+    res = report.write_results(str(tmp_path), runs, {"quick": True})
+    assert list(res["methods"]) == ["proposal", "ram_product"]
+    assert res["methods"]["ram_product"]["style_compliance"] == pytest.approx(0.75)
+    assert res["std"]["ram_product"]["style_compliance"] == pytest.approx(0.5**0.5 / 2)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["methods"] == res["methods"]
+    assert "| ram_product |" in (tmp_path / "results.md").read_text()
+    for png in ("accuracy_vs_style.png", "ttft.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="lacks"):
+        report.aggregate([{"proposal": metrics}, {"proposal": {"style_compliance": 1.0}}])
