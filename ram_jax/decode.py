@@ -1,0 +1,373 @@
+"""The RAM decoder: prefill P and Q once, then one `lax.scan` stepping both.
+
+The scan carry (`DecodeState`) holds both KV caches, both models' logits for
+the next token, the last tokens, the set of seen ids (repetition penalty) and
+per-row done flags; per-step keys travel as scan xs. The key of row b at step
+i is `fold_in(row_keys[b], i)`, so a row's tokens depend only on its own key
+and prompt, never on its batch neighbours, the batch size or chunking
+(`ram_jax.stream`). After a row emits an EOS id it emits `pad_id` and its
+log-probs stay 0.
+
+`decode` is the jitted core on a padded batch; `generate` is the host entry
+point (prompt token lists in, numpy arrays out) that validates, buckets prompt
+lengths (one compile per batch, bucket and `max_new_tokens`), splits into
+batches and implements `seq_sir`. The proposal's params are never donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ram_jax import batching, modes
+from ram_jax import sampling as S
+from ram_jax.cache import KVCache, init_cache
+from ram_jax.config import ModelConfig
+from ram_jax.transformer import forward
+
+STATIC = ("p_config", "q_config", "sampling", "max_new_tokens", "vocab_size", "eos_ids", "pad_id")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeState:
+    """The scan carry. Entries of an absent model are None."""
+
+    p_cache: KVCache | None
+    q_cache: KVCache | None
+    p_logits_BxV: jax.Array | None
+    q_logits_BxV: jax.Array | None
+    seen_BxV: jax.Array | None
+    last_B: jax.Array
+    done_B: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeOutput:
+    """Per-token results, `[B, max_new_tokens]` (N below is max_new_tokens).
+
+    tokens_BxN: sampled ids; `pad_id` after a row's EOS.
+    logprobs_p_BxN / logprobs_q_BxN: `log_softmax(logits)[token]` of P / Q at
+      T = 1 (the models' own likelihoods, before any processor); 0 after EOS;
+      None when that model was not run.
+    aligner_branch_BxN: the aligner shaped the token (`par_kl`: the `par`
+      branch was taken); False after EOS.
+    lengths_B: generated tokens per row, the EOS included.
+    """
+
+    tokens_BxN: jax.Array
+    logprobs_p_BxN: jax.Array | None
+    logprobs_q_BxN: jax.Array | None
+    aligner_branch_BxN: jax.Array
+    lengths_B: jax.Array
+
+
+def step_keys(row_keys_B: jax.Array, start: int, count: int) -> jax.Array:
+    """Keys of steps `[start, start + count)` for every row, `[count, B]`."""
+    steps = jnp.arange(start, start + count, dtype=jnp.uint32)
+    return jax.vmap(lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(row_keys_B))(steps)
+
+
+def _slice(logits_Bx1xV: jax.Array, vocab_size: int) -> jax.Array:
+    # Padded embedding rows (ids >= tokenizer length) are dropped before any rule.
+    return logits_Bx1xV[:, 0, :vocab_size]
+
+
+def prefill(
+    p_params,
+    q_params,
+    tokens_BxT,
+    mask_BxT,
+    *,
+    p_config,
+    q_config,
+    sampling,
+    max_new_tokens,
+    vocab_size,
+    slots=None,
+) -> DecodeState:
+    """Runs both prompts through both models into fresh caches of `slots` slots."""
+    b, t = tokens_BxT.shape
+    slots = slots or t + max_new_tokens
+    out = {}
+    for name, params, config in (("p", p_params, p_config), ("q", q_params, q_config)):
+        if params is None:
+            out[name] = (None, None)
+            continue
+        cache = init_cache(config, b, slots)
+        logits, cache = forward(
+            params, tokens_BxT, config, mask_BxT=mask_BxT, cache=cache, last_only=True
+        )
+        out[name] = (cache, _slice(logits, vocab_size))
+    seen = None
+    if sampling.repetition_penalty != 1.0:
+        seen = jnp.zeros((b, vocab_size), bool)
+        rows = jnp.broadcast_to(jnp.arange(b)[:, None], tokens_BxT.shape)
+        ids = jnp.where(mask_BxT, tokens_BxT, vocab_size)  # out of range: dropped
+        seen = seen.at[rows, ids].set(True, mode="drop")
+    return DecodeState(
+        p_cache=out["p"][0],
+        q_cache=out["q"][0],
+        p_logits_BxV=out["p"][1],
+        q_logits_BxV=out["q"][1],
+        seen_BxV=seen,
+        last_B=jnp.zeros((b,), jnp.int32),
+        done_B=jnp.zeros((b,), bool),
+    )
+
+
+def emit(state: DecodeState, keys_B, *, sampling, eos_ids, pad_id):
+    """Draws the next token of every row from the state's logits."""
+    penalty = functools.partial(
+        S.repetition_penalty, seen_xV=state.seen_BxV, penalty=sampling.repetition_penalty
+    )
+    p = None if state.p_logits_BxV is None else penalty(state.p_logits_BxV)
+    q = None if state.q_logits_BxV is None else penalty(state.q_logits_BxV)
+    tokens_B, branch_B = modes.next_token(keys_B, p, q, sampling, eos_ids)
+    done_B = state.done_B
+    tokens_B = jnp.where(done_B, pad_id, tokens_B)
+    logprob = lambda logits: (
+        None if logits is None else jnp.where(done_B, 0.0, S.token_logprobs(logits, tokens_B))
+    )
+    outputs = dict(
+        tokens=tokens_B,
+        logprobs_p=logprob(state.p_logits_BxV),
+        logprobs_q=logprob(state.q_logits_BxV),
+        branch=branch_B & ~done_B,
+        live=~done_B,
+    )
+    seen = state.seen_BxV
+    if seen is not None:
+        seen = seen.at[jnp.arange(seen.shape[0]), tokens_B].set(True)
+    new_done = done_B | modes._is_eos(tokens_B, eos_ids)
+    state = dataclasses.replace(state, seen_BxV=seen, last_B=tokens_B, done_B=new_done)
+    return state, outputs
+
+
+def advance(state: DecodeState, p_params, q_params, *, p_config, q_config, vocab_size):
+    """Feeds the last tokens through both models (one cached step)."""
+    tokens_Bx1 = state.last_B[:, None]
+    changes = {}
+    if p_params is not None:
+        logits, cache = forward(p_params, tokens_Bx1, p_config, cache=state.p_cache)
+        changes.update(p_cache=cache, p_logits_BxV=_slice(logits, vocab_size))
+    if q_params is not None:
+        logits, cache = forward(q_params, tokens_Bx1, q_config, cache=state.q_cache)
+        changes.update(q_cache=cache, q_logits_BxV=_slice(logits, vocab_size))
+    return dataclasses.replace(state, **changes)
+
+
+def run_steps(
+    state,
+    p_params,
+    q_params,
+    keys_NxB,
+    *,
+    p_config,
+    q_config,
+    sampling,
+    vocab_size,
+    eos_ids,
+    pad_id,
+):
+    """`lax.scan` of (emit, advance) over the leading axis of `keys_NxB`.
+
+    Returns the final state and the per-step outputs stacked on a leading
+    axis. The last step's advance prepares logits for a following chunk.
+    """
+
+    def body(state, keys_B):
+        state, outputs = emit(state, keys_B, sampling=sampling, eos_ids=eos_ids, pad_id=pad_id)
+        state = advance(
+            state, p_params, q_params, p_config=p_config, q_config=q_config, vocab_size=vocab_size
+        )
+        return state, outputs
+
+    return jax.lax.scan(body, state, keys_NxB)
+
+
+def stack_outputs(steps: list[dict]) -> DecodeOutput:
+    """A `DecodeOutput` from per-chunk scan outputs (each `[steps, B]`)."""
+
+    def cat(name):
+        if steps[0][name] is None:
+            return None
+        return jnp.concatenate([chunk[name] for chunk in steps], axis=0).T
+
+    return DecodeOutput(
+        tokens_BxN=cat("tokens"),
+        logprobs_p_BxN=cat("logprobs_p"),
+        logprobs_q_BxN=cat("logprobs_q"),
+        aligner_branch_BxN=cat("branch"),
+        lengths_B=jnp.sum(cat("live"), axis=1, dtype=jnp.int32),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+def decode(
+    p_params,
+    q_params,
+    tokens_BxT: jax.Array,
+    mask_BxT: jax.Array,
+    row_keys_B: jax.Array,
+    *,
+    p_config: ModelConfig | None,
+    q_config: ModelConfig | None,
+    sampling: S.SamplingConfig,
+    max_new_tokens: int,
+    vocab_size: int,
+    eos_ids: tuple[int, ...] = (),
+    pad_id: int = 0,
+) -> DecodeOutput:
+    """Decodes a left-padded batch with proposal P and/or aligner Q (jitted).
+
+    Args:
+      p_params, q_params: parameter pytrees (None for an absent model; the
+        mode must not need it). Never donated.
+      tokens_BxT, mask_BxT: left-padded prompts; every row needs a real token.
+      row_keys_B: one PRNG key per row.
+      p_config, q_config: the models' configs (static).
+      sampling: a `SamplingConfig` (static).
+      max_new_tokens: N, steps to decode.
+      vocab_size: tokenizer length; logits are sliced to it.
+      eos_ids: ids that finish a row. pad_id: id emitted after that.
+
+    Returns:
+      A `DecodeOutput` (`seq_sir` rows are the proposals, not yet resampled).
+    """
+    kw = dict(p_config=p_config, q_config=q_config, vocab_size=vocab_size)
+    state = prefill(
+        p_params,
+        q_params,
+        tokens_BxT,
+        mask_BxT,
+        sampling=sampling,
+        max_new_tokens=max_new_tokens,
+        **kw,
+    )
+    keys_NxB = step_keys(row_keys_B, 0, max_new_tokens)
+    _, steps = run_steps(
+        state,
+        p_params,
+        q_params,
+        keys_NxB,
+        sampling=sampling,
+        eos_ids=eos_ids,
+        pad_id=pad_id,
+        **kw,
+    )
+    return stack_outputs([steps])
+
+
+@functools.partial(jax.jit, static_argnames=("num_candidates",))
+def _resample(keys_P, out: DecodeOutput, num_candidates: int) -> tuple[DecodeOutput, jax.Array]:
+    seq_logq_PxN = jnp.sum(out.logprobs_q_BxN, axis=1).reshape(-1, num_candidates)
+    pick_P = modes.resample_sequences(keys_P, seq_logq_PxN)
+    rows_P = jnp.arange(seq_logq_PxN.shape[0]) * num_candidates + pick_P
+    return jax.tree.map(lambda x: x[rows_P], out), pick_P
+
+
+def check_models(sampling, p_config, q_config, vocab_size):
+    """Rejects a mode/model mismatch or a vocabulary larger than a model's."""
+    if sampling.needs_proposal and p_config is None:
+        raise ValueError(f"mode {sampling.mode!r} needs the proposal model; pass its params.")
+    if sampling.needs_aligner and q_config is None:
+        raise ValueError(
+            f"mode {sampling.mode!r} needs an aligner; pass aligner params or use mode 'proposal'."
+        )
+    for name, config in (("proposal", p_config), ("aligner", q_config)):
+        if config is not None and vocab_size > config.vocab_size:
+            raise ValueError(
+                f"tokenizer length {vocab_size} exceeds the {name}'s {config.vocab_size} "
+                "embedding rows; the tokenizer does not belong to this model."
+            )
+
+
+def generate(
+    p_params,
+    p_config: ModelConfig | None,
+    prompts: Sequence[Sequence[int]],
+    sampling: S.SamplingConfig,
+    *,
+    key: jax.Array,
+    max_new_tokens: int,
+    vocab_size: int,
+    q_params=None,
+    q_config: ModelConfig | None = None,
+    eos_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    batch_size: int | None = None,
+    min_bucket: int = 16,
+) -> dict[str, np.ndarray]:
+    """Decodes prompt token lists; returns numpy arrays, one row per prompt.
+
+    Prompts are left padded to a power-of-two bucket and cut into batches of
+    `batch_size` (default: all at once; the last batch is filled with copies of
+    a prompt, dropped afterwards), so a stream of prompts compiles once per
+    (batch, bucket, max_new_tokens). Decoded row r (prompt r, or for `seq_sir`
+    candidate r % N of prompt r // N) uses the key `split(key, rows)[r]`, so
+    results do not depend on `batch_size`.
+
+    Returns a dict with `tokens`, `logprobs_p`, `logprobs_q` (absent for a model
+    not run), `aligner_branch`, `lengths` (each `[P, max_new_tokens]` or `[P]`),
+    and for `seq_sir` `candidate` (the index of the chosen proposal).
+    """
+    check_models(sampling, p_config, q_config, vocab_size)
+    configs = [c for c in (p_config, q_config) if c is not None]
+    batching.check_prompts(prompts, max_new_tokens, configs, vocab_size)
+    n = sampling.num_candidates if sampling.mode == "seq_sir" else 1
+    rows = [p for p in prompts for _ in range(n)]
+    row_keys = jax.random.split(key, len(rows))
+    # seq_sir: prompt i resamples its candidates with its own key.
+    pick_keys = jax.random.split(jax.random.fold_in(key, 0x5E9), len(prompts) + (batch_size or 0))
+    width = (batch_size or len(prompts)) * n
+    length = batching.bucket_length(max(len(p) for p in rows), min_bucket)
+    # Fields a mode does not read must not split the compile cache.
+    if sampling.mode != "sir":
+        sampling = sampling.replace(num_candidates=1)
+    kw = dict(
+        p_config=p_config,
+        q_config=q_config,
+        sampling=sampling,
+        max_new_tokens=max_new_tokens,
+        vocab_size=vocab_size,
+        eos_ids=tuple(int(e) for e in eos_ids),
+        pad_id=int(pad_id),
+    )
+    results = []
+    for start in range(0, len(rows), width):
+        chunk = rows[start : start + width]
+        tokens_BxT, mask_BxT = batching.left_pad(chunk, length, pad_id, rows=width)
+        chunk_keys = row_keys[start : start + width]
+        if len(chunk) < width:
+            filler = jnp.broadcast_to(chunk_keys[:1], (width - len(chunk),) + chunk_keys.shape[1:])
+            chunk_keys = jnp.concatenate([chunk_keys, filler])
+        out = decode(p_params, q_params, tokens_BxT, mask_BxT, chunk_keys, **kw)
+        if sampling.mode == "seq_sir":
+            first = start // n
+            out, pick = _resample(pick_keys[first : first + width // n], out, n)
+            results.append((out, pick))
+        else:
+            results.append((out, None))
+    count = len(prompts)
+    fields = dict(
+        tokens="tokens_BxN",
+        logprobs_p="logprobs_p_BxN",
+        logprobs_q="logprobs_q_BxN",
+        aligner_branch="aligner_branch_BxN",
+        lengths="lengths_B",
+    )
+    merged = {}
+    for name, attr in fields.items():
+        parts = [getattr(o, attr) for o, _ in results]
+        if parts[0] is not None:
+            merged[name] = np.concatenate([np.asarray(p) for p in parts])[:count]
+    if results[0][1] is not None:
+        merged["candidate"] = np.concatenate([np.asarray(p) for _, p in results])[:count]
+    return merged

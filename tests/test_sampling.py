@@ -1,0 +1,313 @@
+"""Exact distributions of every decoding mode, on tiny random models.
+
+Whole decoded outputs (prompt -> up to 3 new tokens, EOS = 0) are enumerated
+in the test with an independent numpy implementation of each rule (full sort
+top-p) over logits of the uncached full forward. The pass bound is the 99.9%
+quantile of the total-variation distance that multinomial noise alone gives
+at the same sample count; the same samples must fail against a target whose
+temperature is 10% off, so the test can fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ram_jax import decode, modes
+from ram_jax.config import ModelConfig
+from ram_jax.sampling import SamplingConfig, top_k_filter, top_p_filter
+from ram_jax.transformer import abstract_params, forward
+from tests.hf_fixtures import random_params
+
+EOS, PAD = 0, 7
+PROMPT = [1, 2, 3]
+VOCAB = 6  # tokenizer length; model rows 6 and 7 are padding and must never appear
+NEW = 3
+ROWS = 32768
+SIMS = 4000
+
+P_CONFIG = ModelConfig(
+    vocab_size=8,
+    hidden_size=16,
+    intermediate_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=8,
+    max_position_embeddings=64,
+)
+Q_CONFIG = P_CONFIG.replace(hidden_size=8, intermediate_size=16, head_dim=4)
+
+
+def _model(config, seed):
+    params = random_params(abstract_params(config), seed)
+    kernel = np.array(params["lm_head"]["kernel"])
+    rng = np.random.default_rng(seed)
+    kernel[:, :VOCAB] = rng.normal(
+        0, 1.6 / np.sqrt(config.hidden_size), (config.hidden_size, VOCAB)
+    )
+    kernel[:, VOCAB:] = 5.0  # huge logits on padded rows: sampled at once if not sliced
+    params["lm_head"]["kernel"] = jnp.asarray(kernel)
+    return params
+
+
+@pytest.fixture(scope="module")
+def models():
+    return _model(P_CONFIG, 6), _model(Q_CONFIG, 16)
+
+
+# ----- independent numpy reference of the token rules -----
+
+
+def np_log_softmax(x):
+    m = np.max(x)
+    return x - m - np.log(np.sum(np.exp(x - m)))
+
+
+def np_top_p(x, p):
+    if p >= 1:
+        return x
+    probs = np.exp(np_log_softmax(x))
+    order = np.argsort(-x, kind="stable")
+    before = np.cumsum(probs[order]) - probs[order]
+    threshold = x[order][before < p].min()
+    return np.where(x >= threshold, x, -np.inf)
+
+
+def np_top_k(x, k):
+    if k <= 0 or k >= len(x):
+        return x
+    return np.where(x >= np.sort(x)[-k], x, -np.inf)
+
+
+def np_warp(x, t, top_p=1.0, top_k=0):
+    return np_top_p(np_top_k(x / t, top_k), top_p)
+
+
+def np_next(mode, p, q, s: SamplingConfig):
+    """Exact next-token probabilities of `mode` (no repetition penalty)."""
+    out = lambda x: np_warp(x, s.temperature, s.top_p, s.top_k)
+    prop = lambda x: np_warp(x, s.proposal_temperature, s.proposal_top_p, s.proposal_top_k)
+    if mode == "proposal":
+        logits = out(p)
+    elif mode == "aligner":
+        logits = out(q)
+    elif mode == "product":
+        joint = np_log_softmax(prop(p)) + np_log_softmax(q / s.temperature)
+        logits = np_top_p(np_top_k(joint, s.top_k), s.top_p)
+    elif mode == "par":
+        if s.eos_priority and np.argmax(p) == EOS:
+            return np.eye(len(p))[EOS]
+        logits = out(np.where(np.isfinite(prop(p)), q, -np.inf))
+    elif mode == "seq_proposal":
+        logits = prop(p)
+    else:
+        raise ValueError(mode)
+    return np.exp(np_log_softmax(logits))
+
+
+@pytest.fixture(scope="module")
+def prefix_logits(models):
+    """{generated prefix: (p logits, q logits)} over all 8 rows, from uncached full forwards."""
+    prefixes = [()] + [
+        pre for n in range(1, NEW) for pre in itertools.product(range(1, VOCAB), repeat=n)
+    ]
+    seqs = np.array([PROMPT + list(pre) + [0] * (NEW - 1 - len(pre)) for pre in prefixes])
+    idx = np.array([len(PROMPT) + len(pre) - 1 for pre in prefixes])
+    mask = np.arange(seqs.shape[1])[None] <= idx[:, None]
+    logits = []
+    for params, config in zip(models, (P_CONFIG, Q_CONFIG), strict=True):
+        full, _ = forward(params, jnp.asarray(seqs), config, mask_BxT=jnp.asarray(mask))
+        logits.append(np.asarray(full)[np.arange(len(prefixes)), idx].astype(np.float64))
+    return {pre: (logits[0][i], logits[1][i]) for i, pre in enumerate(prefixes)}
+
+
+def enumerate_outputs(prefix_logits, vocab, new, next_probs):
+    """({output tuple (PAD after EOS): probability}, {output: log Q(output)})."""
+    probs, qlog = {}, {}
+    for pre, (p, q) in prefix_logits.items():
+        if len(pre) < new and all(t < vocab for t in pre):
+            probs[pre] = next_probs(p[:vocab], q[:vocab])
+            qlog[pre] = np_log_softmax(q[:vocab])
+    dist, seq_logq = {}, {}
+
+    def walk(pre, prob, lq):
+        for tok in range(vocab):
+            pt, lt = prob * probs[pre][tok], lq + qlog[pre][tok]
+            if pt == 0:
+                continue
+            seq = pre + (tok,)
+            if tok == EOS or len(seq) == new:
+                key = seq + (PAD,) * (new - len(seq))
+                dist[key], seq_logq[key] = pt, lt
+            else:
+                walk(seq, pt, lt)
+
+    walk((), 1.0, 0.0)
+    return dist, seq_logq
+
+
+def tv(counts: dict, dist: dict, n: int) -> float:
+    keys = set(counts) | set(dist)
+    return 0.5 * sum(abs(counts.get(k, 0) / n - dist.get(k, 0.0)) for k in keys)
+
+
+def noise_quantile(dist: dict, n: int, seed=0) -> float:
+    """99.9% quantile of TV(empirical, dist) under multinomial sampling alone."""
+    probs = np.array(list(dist.values()))
+    draws = np.random.default_rng(seed).multinomial(n, probs / probs.sum(), size=SIMS)
+    return float(np.quantile(0.5 * np.abs(draws / n - probs).sum(axis=1), 0.999))
+
+
+def counts_of(tokens_BxN):
+    keys, counts = np.unique(np.asarray(tokens_BxN), axis=0, return_counts=True)
+    return {tuple(int(t) for t in k): int(c) for k, c in zip(keys, counts, strict=True)}
+
+
+CASES = {
+    "proposal": SamplingConfig(mode="proposal", temperature=0.7, top_p=0.8),
+    "aligner": SamplingConfig(mode="aligner", temperature=1.3, top_p=0.9, top_k=4),
+    "product": SamplingConfig(
+        mode="product", temperature=1.2, proposal_temperature=0.8, proposal_top_p=0.9
+    ),
+    "par": SamplingConfig(
+        mode="par",
+        temperature=0.9,
+        top_p=0.95,
+        proposal_temperature=1.0,
+        proposal_top_p=0.9,
+        eos_priority=True,
+    ),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(CASES))
+def test_whole_outputs_follow_exact_distribution(mode, models, prefix_logits):
+    s = CASES[mode]
+    out = decode.generate(
+        models[0],
+        P_CONFIG,
+        [PROMPT] * ROWS,
+        s,
+        key=jax.random.key(7),
+        max_new_tokens=NEW,
+        vocab_size=VOCAB,
+        q_params=models[1],
+        q_config=Q_CONFIG,
+        eos_ids=(EOS,),
+        pad_id=PAD,
+        min_bucket=4,
+    )
+    counts = counts_of(out["tokens"])
+    assert all(t < VOCAB or t == PAD for k in counts for t in k), "a padded row was sampled"
+    exact, _ = enumerate_outputs(prefix_logits, VOCAB, NEW, lambda p, q: np_next(mode, p, q, s))
+    assert abs(sum(exact.values()) - 1) < 1e-9
+    bound = noise_quantile(exact, ROWS)
+    assert tv(counts, exact, ROWS) < bound
+    wrong_s = s.replace(temperature=s.temperature * 1.1)
+    wrong, _ = enumerate_outputs(
+        prefix_logits, VOCAB, NEW, lambda p, q: np_next(mode, p, q, wrong_s)
+    )
+    assert tv(counts, wrong, ROWS) > noise_quantile(wrong, ROWS), "test cannot tell 10% T"
+
+
+def _importance_rho(p_probs, w):
+    """rho = E_P[w^2] / E_P[w]^2, the constant of the self-normalised IS bias bound."""
+    return float(np.sum(p_probs * w**2) / np.sum(p_probs * w) ** 2)
+
+
+def test_sir_tends_to_product_on_the_nucleus(models):
+    """Bias of SIR's output law is at most 6 rho / n in TV (Agapiou et al. 2017, Thm 2.1)."""
+    s = SamplingConfig(mode="sir", temperature=2.5, proposal_temperature=1.5, proposal_top_p=0.95)
+    p_params, q_params = models
+    tokens = jnp.asarray([PROMPT])
+    p = np.asarray(forward(p_params, tokens, P_CONFIG)[0])[0, -1, :VOCAB].astype(np.float64)
+    q = np.asarray(forward(q_params, tokens, Q_CONFIG)[0])[0, -1, :VOCAB].astype(np.float64)
+    p_f = np.exp(np_log_softmax(np_warp(p, 1.5, 0.95)))
+    w = np.exp(np_log_softmax(q / 2.5))
+    target = p_f * w / np.sum(p_f * w)
+    rows = 16384
+    keys = jax.random.split(jax.random.key(3), rows)
+    p_b = jnp.broadcast_to(jnp.asarray(p, jnp.float32), (rows, VOCAB))
+    q_b = jnp.broadcast_to(jnp.asarray(q, jnp.float32), (rows, VOCAB))
+    dist = {(i,): float(x) for i, x in enumerate(target) if x > 0}
+    noise = noise_quantile(dist, rows)
+    tvs = {}
+    for n in (1, 4, 64, 256):
+        rule = jax.jit(lambda k, a, b, n=n: modes.next_token(k, a, b, s.replace(num_candidates=n)))
+        tokens_B = np.asarray(rule(keys, p_b, q_b)[0])
+        assert np.all(p_f[tokens_B] > 0), "sir drew outside P's nucleus"
+        tvs[n] = tv(counts_of(tokens_B[:, None]), dist, rows)
+    assert tvs[1] > tvs[4] > tvs[64], tvs
+    assert tvs[256] < 6 * _importance_rho(p_f, w) / 256 + noise, tvs
+
+
+def test_seq_sir_tends_to_sequence_level_product(models, prefix_logits):
+    """N proposals resampled by Q(y|x) tend to P(y|x) Q(y|x) / Z with TV bias <= 6 rho / N."""
+    vocab, new, rows = 4, 2, 65536
+    s = SamplingConfig(mode="seq_sir", proposal_temperature=0.9)
+    p_dist, seq_logq = enumerate_outputs(
+        prefix_logits, vocab, new, lambda p, q: np_next("seq_proposal", p, q, s)
+    )
+    keys = list(p_dist)
+    p_probs = np.array([p_dist[k] for k in keys])
+    w = np.exp(np.array([seq_logq[k] for k in keys]))
+    target = dict(zip(keys, p_probs * w / np.sum(p_probs * w), strict=True))
+    tvs, noise = {}, {}
+    for n in (1, 4, 64, 256):
+        out = decode.generate(
+            models[0],
+            P_CONFIG,
+            [PROMPT] * (rows // n),
+            s.replace(num_candidates=n),
+            key=jax.random.key(n),
+            max_new_tokens=new,
+            vocab_size=vocab,
+            q_params=models[1],
+            q_config=Q_CONFIG,
+            eos_ids=(EOS,),
+            pad_id=PAD,
+            min_bucket=4,
+        )
+        counts = counts_of(out["tokens"])
+        tvs[n] = tv(counts, target, rows // n)
+        noise[n] = noise_quantile(target, rows // n)
+    assert tvs[1] > tvs[4] > tvs[64], tvs
+    assert tvs[256] < 6 * _importance_rho(p_probs, w) / 256 + noise[256], (tvs, noise)
+
+
+def test_filters_match_reference_with_ties():
+    x = jnp.asarray([[2.0, 1.0, 1.0, 0.5, 1.0, -3.0]])
+    # top-k 2: the 2nd largest is 1.0, tied three ways: all kept.
+    assert np.isfinite(np.asarray(top_k_filter(x, 2))).tolist() == [
+        [True, True, True, False, True, False]
+    ]
+    for p in (0.1, 0.4, 0.5, 0.8, 0.95, 0.999):
+        for bound in (0, 3, 6):
+            got = np.asarray(top_p_filter(x, p, bound))[0]
+            want = np_top_p(np.asarray(x[0], np.float64), p)
+            if bound == 3 and np.isfinite(want).sum() > 3:
+                # Nucleus wider than the bound: cut at the bound's smallest logit (ties kept).
+                want = np.where(np.asarray(x[0]) >= 1.0, np.asarray(x[0]), -np.inf)
+            np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want), err_msg=f"{p}")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(top_p=0.0), "top_p=0.0 must lie in (0, 1]"),
+        (dict(proposal_top_p=1.5), "proposal_top_p=1.5"),
+        (dict(temperature=-0.1), "temperature=-0.1 must be >= 0"),
+        (dict(num_candidates=0), "num_candidates=0 must be >= 1"),
+        (dict(mode="beam"), "mode='beam'"),
+        (dict(top_k=-1), "top_k=-1"),
+        (dict(repetition_penalty=0.0), "repetition_penalty=0.0"),
+    ],
+)
+def test_bad_sampling_parameters_rejected(changes, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        SamplingConfig(**changes)
