@@ -134,7 +134,7 @@ def from_hf_dict(hf: dict[str, Any], *, source: str = "config.json", **overrides
     archs = hf.get("architectures") or []
     model_type = hf.get("model_type")
     arch = next((SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES), None)
-    if arch is None and model_type in SUPPORTED_ARCHITECTURES.values():
+    if not archs and model_type in SUPPORTED_ARCHITECTURES.values():
         arch = model_type
     if arch is None:
         raise ValueError(

@@ -219,6 +219,11 @@ def test_unsupported_architecture(checkpoints, tmp_path):
     bad = _copy_with(path, tmp_path / "c", config_changes=mistral)
     with pytest.raises(ValueError, match=r"config\.json: unsupported architecture.*Mistral"):
         load_hf(bad)
+    # A supported model_type does not make another head (a reward model) loadable.
+    reward = {"architectures": ["LlamaForSequenceClassification"], "model_type": "llama"}
+    bad = _copy_with(path, tmp_path / "r", config_changes=reward)
+    with pytest.raises(ValueError, match=r"unsupported architecture.*SequenceClassification"):
+        load_hf(bad)
 
 
 def test_missing_shard(checkpoints, tmp_path):
