@@ -98,6 +98,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
     def save(self, state: TrainState, data_state: dict, meta: dict, *, force=True) -> bool:
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
