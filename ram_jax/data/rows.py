@@ -37,7 +37,7 @@ class DataError(ValueError):
     """A data file is missing, empty or malformed (the message says where)."""
 
 
-def _records(path: str):
+def records(path: str):
     """Yields (location, parsed object) for a .jsonl or .json file."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: data file not found; check data.train_file / data.eval_file.")
@@ -145,7 +145,7 @@ def _samples(obj: dict, where: str, required: bool) -> tuple[str, ...]:
 
 def read_rows(path: str, fmt: str = "auto", need: tuple[str, ...] = ()) -> list[Row]:
     """All rows of a .json / .jsonl file, validated; raises `DataError` naming file:line."""
-    rows = [parse_row(obj, where, fmt, need) for where, obj in _records(path)]
+    rows = [parse_row(obj, where, fmt, need) for where, obj in records(path)]
     if not rows:
         raise DataError(f"{path}: the file holds no rows; the dataset is empty.")
     return rows

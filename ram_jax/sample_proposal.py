@@ -1,0 +1,189 @@
+r"""Synthesise the aligner's negatives: K proposal samples per training prompt.
+
+  python -m ram_jax.sample_proposal --input=train.jsonl --output=train_sampled.jsonl \
+      --proposal=/ckpt/Llama-3.1-8B-warmup [--num_samples=1 --batch_size=16]
+
+Reads a training file (rows with 'prompt', or Anthropic-HH conversations),
+decodes with the proposal alone (`ram_jax.decode.generate`, mode 'proposal')
+using the reference's settings by default (temperature 0.5, top_p 0.95,
+repetition penalty 1.05, FastChat processor order, stop at "\n\nHuman"), and
+writes every input row unchanged plus a 'sampling' field (a string for K = 1,
+a list of K strings otherwise). Use the same `--prompt_template` and
+`--max_prompt_length` as training (`data.prompt_template`, ...) so the samples
+continue exactly the prompts the aligner sees.
+
+Progress is appended batch by batch to OUTPUT.partial; rerunning the same
+command skips the rows already done, and the finished file is renamed into
+place atomically. Sample b of row i uses a key derived from (seed, batch
+start), so a resumed run writes the same samples as an uninterrupted one.
+`--proposal` is an HF directory or a ram_jax training workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+from absl import app, flags
+from tqdm import tqdm
+
+from ram_jax import batching, convert
+from ram_jax import checkpoint as ckpt
+from ram_jax.data.rows import parse_row, records
+from ram_jax.decode import generate
+from ram_jax.model_init import checkpoint_model_config
+from ram_jax.sampling import SamplingConfig
+from ram_jax.tokenizer import eos_token_ids, load_tokenizer, tokenizer_length
+from ram_jax.transformer import abstract_params
+
+PARTIAL = ".partial"
+
+
+def load_proposal(path: str, dtype: str = "bfloat16"):
+    """(config, params) from an HF directory or a ram_jax workdir, in `dtype`."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return convert.load_hf(path, param_dtype=dtype)
+    config = checkpoint_model_config(path).replace(param_dtype="float32", dtype=dtype)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = abstract_params(config)
+    params = ckpt.load_params(path, abstract, jax.tree.map(lambda _: device, abstract))
+    cast = lambda x: x.astype(dtype)
+    return config.replace(param_dtype=dtype), jax.tree.map(cast, params)
+
+
+def _done_rows(partial: str, batch_size: int) -> int:
+    """Whole batches already in the partial file; anything after them is cut off."""
+    if not os.path.exists(partial):
+        return 0
+    with open(partial, "rb") as f:
+        lines = f.read().split(b"\n")
+    complete = lines[:-1]  # the text after the last newline is unfinished
+    keep = (len(complete) // batch_size) * batch_size
+    with open(partial, "wb") as f:
+        f.write(b"".join(ln + b"\n" for ln in complete[:keep]))
+    return keep
+
+
+def sample_file(
+    input_path: str,
+    output_path: str,
+    *,
+    p_params,
+    p_config,
+    tokenizer,
+    sampling: SamplingConfig,
+    num_samples: int = 1,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    seed: int = 0,
+    stops: tuple[str, ...] = ("\n\nHuman",),
+    prompt_template: str = "{prompt}",
+    max_prompt_length: int = 1024,
+    fmt: str = "auto",
+) -> int:
+    """Writes `output_path` (input rows + 'sampling'); returns the number of rows sampled now."""
+    if os.path.exists(output_path):
+        print(f"{output_path} exists; nothing to do (delete it to resample).")
+        return 0
+    parsed = list(records(input_path))
+    rows = [parse_row(obj, where, fmt) for where, obj in parsed]
+    if not rows:
+        raise ValueError(f"{input_path}: the file holds no rows.")
+    if "{prompt}" not in prompt_template:
+        raise ValueError(f"--prompt_template={prompt_template!r} must contain '{{prompt}}'.")
+    texts = [prompt_template.replace("{prompt}", r.prompt) for r in rows]
+    prompts = [
+        e.ids[-max_prompt_length:] for e in tokenizer.encode_batch(texts, add_special_tokens=False)
+    ]
+    vocab = tokenizer_length(tokenizer)
+    eos = eos_token_ids(tokenizer, p_config)
+    partial = output_path + PARTIAL
+    start = _done_rows(partial, batch_size)
+    base_key = jax.random.key(seed)
+    bar = tqdm(total=len(rows), initial=start, desc="sample", unit="prompt")
+    with open(partial, "a", encoding="utf-8") as out:
+        for first in range(start, len(rows), batch_size):
+            batch = prompts[first : first + batch_size]
+            result = generate(
+                p_params,
+                p_config,
+                [p for p in batch for _ in range(num_samples)],
+                sampling,
+                key=jax.random.fold_in(base_key, first),
+                max_new_tokens=max_new_tokens,
+                vocab_size=vocab,
+                eos_ids=eos,
+                batch_size=batch_size * num_samples,
+            )
+            samples = batching.decode_texts(
+                tokenizer, result["tokens"], result["lengths"], eos, stops
+            )
+            lines = []
+            for i in range(len(batch)):
+                got = samples[i * num_samples : (i + 1) * num_samples]
+                obj = dict(parsed[first + i][1])
+                obj["sampling"] = got[0] if num_samples == 1 else got
+                lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
+            out.write("".join(lines))
+            out.flush()
+            os.fsync(out.fileno())
+            bar.update(len(batch))
+    bar.close()
+    os.replace(partial, output_path)
+    print(f"done: {len(rows) - start} prompts x {num_samples} samples -> {output_path}")
+    return len(rows) - start
+
+
+_INPUT = flags.DEFINE_string("input", None, "Training rows (.jsonl/.json; rows or HH format).")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the rows with 'sampling'.")
+_PROPOSAL = flags.DEFINE_string("proposal", None, "HF directory or ram_jax workdir.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json (default: in --proposal).")
+_K = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (K).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Longest sample.")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts per decode batch.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_T = flags.DEFINE_float("temperature", 0.5, "Proposal temperature (reference 0.5).")
+_TOP_P = flags.DEFINE_float("top_p", 0.95, "Nucleus mass (reference 0.95).")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k (0: off).")
+_REP = flags.DEFINE_float("repetition_penalty", 1.05, "HF repetition penalty (reference 1.05).")
+_STOPS = flags.DEFINE_multi_string("stop", ["\n\nHuman"], "Stop strings (cut from samples).")
+_TEMPLATE = flags.DEFINE_string("prompt_template", "{prompt}", "As data.prompt_template.")
+_MAX_PROMPT = flags.DEFINE_integer("max_prompt_length", 1024, "Prompts keep their last N tokens.")
+_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "rows", "hh"], "Input layout.")
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Proposal dtype.")
+
+
+def main(argv):
+    del argv
+    tok = load_tokenizer(_TOKENIZER.value or _PROPOSAL.value)
+    p_config, p_params = load_proposal(_PROPOSAL.value, _DTYPE.value)
+    sampling = SamplingConfig(
+        mode="proposal",
+        temperature=_T.value,
+        top_p=_TOP_P.value,
+        top_k=_TOP_K.value,
+        repetition_penalty=_REP.value,
+        filter_order="top_p_first",
+    )
+    sample_file(
+        _INPUT.value,
+        _OUTPUT.value,
+        p_params=p_params,
+        p_config=p_config,
+        tokenizer=tok,
+        sampling=sampling,
+        num_samples=_K.value,
+        max_new_tokens=_MAX_NEW.value,
+        batch_size=_BATCH.value,
+        seed=_SEED.value,
+        stops=tuple(_STOPS.value),
+        prompt_template=_TEMPLATE.value,
+        max_prompt_length=_MAX_PROMPT.value,
+        fmt=_FORMAT.value,
+    )
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["input", "output", "proposal"])
+    app.run(main)
