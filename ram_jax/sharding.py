@@ -164,18 +164,3 @@ def state_shardings(tree, mesh: Mesh, rules=DEFAULT_RULES):
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Leading (batch) dimension split over ('data', 'fsdp'); the rest replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def shard_batch(batch, mesh: Mesh):
-    """Places a host batch (numpy leaves) on the mesh, split along the batch axis.
-
-    Each process passes only its own rows (see `ram_jax.data.pipeline`); the
-    global array is assembled without cross-host transfers.
-    """
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x), batch
-    )

@@ -5,7 +5,7 @@ so the iterator's whole state is `{epoch, index}` and a restored run sees
 exactly the batches an uninterrupted one would. Each global batch is laid out
 as `[A, B/A, G, T]` (A gradient-accumulation microbatches) and every process
 keeps only its own slice of the B/A axis, matching the mesh's device order
-(`sharding.shard_batch` assembles the global array). The length T is the
+(`train.put_batch` assembles the global array). The length T is the
 smallest padding bucket (a power of two >= `bucket_min`, at most
 `max_length`) holding the batch's longest sequence, computed over the GLOBAL
 batch so all processes agree; few buckets keep recompilation rare.
