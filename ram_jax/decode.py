@@ -68,9 +68,9 @@ class DecodeOutput:
     lengths_B: jax.Array
 
 
-def step_keys(row_keys_B: jax.Array, start: int, count: int) -> jax.Array:
+def step_keys(row_keys_B: jax.Array, start, count: int) -> jax.Array:
     """Keys of steps `[start, start + count)` for every row, `[count, B]`."""
-    steps = jnp.arange(start, start + count, dtype=jnp.uint32)
+    steps = jnp.asarray(start, jnp.uint32) + jnp.arange(count, dtype=jnp.uint32)
     return jax.vmap(lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(row_keys_B))(steps)
 
 
@@ -129,7 +129,11 @@ def emit(state: DecodeState, keys_B, *, sampling, eos_ids, pad_id):
     )
     p = None if state.p_logits_BxV is None else penalty(state.p_logits_BxV)
     q = None if state.q_logits_BxV is None else penalty(state.q_logits_BxV)
-    tokens_B, branch_B = modes.next_token(keys_B, p, q, sampling, eos_ids)
+    kl_B = None
+    if sampling.mode == "par_kl":
+        # The gate compares the models themselves, before any processor.
+        kl_B = S.kl_divergence(state.p_logits_BxV, state.q_logits_BxV)
+    tokens_B, branch_B = modes.next_token(keys_B, p, q, sampling, eos_ids, kl_B)
     done_B = state.done_B
     tokens_B = jnp.where(done_B, pad_id, tokens_B)
     logprob = lambda logits: (

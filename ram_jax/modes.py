@@ -78,11 +78,14 @@ def next_token(
     q_BxV: jax.Array | None,
     cfg: S.SamplingConfig,
     eos_ids: tuple[int, ...] = (),
+    kl_B: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Draws one token per row under `cfg.mode`; returns `(tokens_B, aligner_branch_B)`.
 
     `p_BxV`/`q_BxV` may be None when the mode does not read them. `seq_sir`
     draws its proposals here as `proposal` mode with the proposal warper.
+    `kl_B` is `par_kl`'s gate statistic; the decoder passes the KL of the raw
+    model logits (before the repetition penalty); default: from `p`, `q`.
     """
     greedy = cfg.temperature == 0
     mode = cfg.mode
@@ -109,7 +112,9 @@ def next_token(
             tokens_B = jnp.where(_is_eos(p_top_B, eos_ids), p_top_B, tokens_B)
         return tokens_B, yes
     if mode == "par_kl":
-        use_par_B = S.kl_divergence(p_BxV, q_BxV) <= cfg.kl_threshold
+        if kl_B is None:
+            kl_B = S.kl_divergence(p_BxV, q_BxV)
+        use_par_B = kl_B <= cfg.kl_threshold
         chosen_BxV = jnp.where(
             use_par_B[:, None], _par_logits(p_BxV, q_BxV, cfg), cfg.output_warper()(p_BxV)
         )
