@@ -45,8 +45,8 @@ def test_param_and_optimizer_bytes_are_exact_hand_counts():
 def test_activation_formula_by_hand():
     cfg = get_preset("tiny-llama", dtype="bfloat16")  # D 64, F 128, L 2, N 4, K 2, H 16, V 256
     t = 32
-    layer = 2 * (6 * 64 + 2 * 4 * 16 + 2 * 2 * 16 + 3 * 128) + (4 + 2) * 4 * t
-    assert layer == 2 * 960 + 768
+    layer = 2 * (6 * 64 + 2 * 4 * 16 + 2 * 2 * 16 + 3 * 128) + (12 + 2) * 4 * t
+    assert layer == 2 * 960 + 1792
     logits = 12 * 256
     assert plan.activation_bytes_per_token(cfg, t, remat=False) == 2 * layer + logits
     assert plan.activation_bytes_per_token(cfg, t, remat=True) == 2 * 2 * 64 + layer + logits
