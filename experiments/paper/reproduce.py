@@ -206,20 +206,23 @@ class Planner:
             f"--tokenizer={self.big_hf}",
             f"--input={self.train_jsonl}",
             f"--output={self.samples}",
-            f"--template={self.gen_template}",
+            f"--prompt_template={self.row.template}",
+            f"--max_prompt_length={self.row.lengths[1]}",
             f"--temperature={s['temperature']}",
             f"--top_p={s['top_p']}",
             f"--repetition_penalty={s['repetition_penalty']}",
             "--num_samples=1",
             f"--max_new_tokens={self.max_new_tokens}",
             f"--stop={s['stop']}",
+            "--batch_size=64",
+            "--dtype=bfloat16",
         ]
         return Step("negatives: one proposal sample per training prompt", argv, self.samples)
 
     def generate_step(
         self, name, output, *, proposal, aligner=None, prompts=None, template=None, temperature
     ) -> Step:
-        argv = [PY, "-m", "ram_jax.generate", f"--proposal={proposal}"]
+        argv = [PY, "-m", "ram_jax.generate", "--preset=reference", f"--proposal={proposal}"]
         if aligner:
             argv.append(f"--aligner={aligner}")
         t, t_p = self.row.decode_t
@@ -246,6 +249,8 @@ class Planner:
             "--batch_size=32",
             "--seed=0",
             "--stop=\n\nHuman",
+            "--dtype=bfloat16",
+            f"--generator={self.row.name}",
         ]
         return Step(name, argv, output)
 
