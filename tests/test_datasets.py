@@ -84,26 +84,26 @@ def test_tldr_sft_and_comparisons_layouts():
     import pyarrow.parquet as pq
 
     sft = datasets.get_builder("tldr", "sft")
-    rows = list(sft.rows(os.path.join(FIX, "tldr", "sft"), "train"))
-    raw = pq.read_table(os.path.join(FIX, "tldr", "sft", "data", "train-00000-of-00001.parquet"))
+    rows = list(sft.rows(os.path.join(FIX, "tldr"), "train"))
+    raw = pq.read_table(os.path.join(FIX, "tldr", "data", "train-00000-of-00001.parquet"))
     raw = raw.to_pylist()
     assert [(r["prompt"], r["chosen"]) for r in rows] == [(x["prompt"], x["label"]) for x in raw]
     assert rows[0]["prompt"].endswith("\nTL;DR:") and rows[0]["rejected"] == ""
     comp = datasets.get_builder("tldr", "comparisons")
-    rows = list(comp.rows(os.path.join(FIX, "tldr", "comparisons"), "valid1"))
+    rows = list(comp.rows(os.path.join(FIX, "tldr-comparisons"), "valid1"))
     assert rows[1]["prompt"] == (
         "SUBREDDIT: r/fixtures\nTITLE: Post valid1 1\nPOST: Alba wrote 1 lines about the home."
         "\nTL;DR:"
     )
     assert (rows[1]["chosen"], rows[1]["rejected"]) == ("good summary 1", "bad summary 1")
-    test300 = list(sft.rows(os.path.join(FIX, "tldr", "sft"), "test300"))
+    test300 = list(sft.rows(os.path.join(FIX, "tldr"), "test300"))
     assert len(test300) == 300
 
 
 def test_ultrachat_both_layouts_give_the_same_first_round():
     b = datasets.get_builder("ultrachat", "first_round")
-    h4 = list(b.rows(os.path.join(FIX, "ultrachat", "h4"), "train"))
-    st = list(b.rows(os.path.join(FIX, "ultrachat", "stingning"), "train"))
+    h4 = list(b.rows(os.path.join(FIX, "ultrachat"), "train"))
+    st = list(b.rows(os.path.join(FIX, "ultrachat-stingning"), "train"))
     assert h4 == st and len(h4) == 24
     assert h4[3]["prompt"] == "Question 3: tell me about the river of Boro."
     assert h4[3]["chosen"] == "It is " + "very " * 9 + "nice (3)."
@@ -125,7 +125,7 @@ def test_ultrachat_length_filter_matches_hand_selection():
     assert [r["prompt"] for r in kept] == [rows[i]["prompt"] for i in fits[:2]]
     b = datasets.get_builder("ultrachat", "first_round_120k")
     with pytest.raises(ValueError, match="pass the proposal's tokenizer"):
-        list(b.rows(os.path.join(FIX, "ultrachat", "h4"), "train"))
+        list(b.rows(os.path.join(FIX, "ultrachat"), "train"))
 
 
 def test_ultrachat_120k_with_a_tokenizer_keeps_every_short_fixture_row():
@@ -133,10 +133,10 @@ def test_ultrachat_120k_with_a_tokenizer_keeps_every_short_fixture_row():
     if not os.path.exists(tok):
         pytest.fail("tests/fixtures/tokenizer.json is missing")
     b = datasets.get_builder("ultrachat", "first_round_120k", tokenizer=tok)
-    rows = list(b.rows(os.path.join(FIX, "ultrachat", "h4"), "train"))
+    rows = list(b.rows(os.path.join(FIX, "ultrachat"), "train"))
     everything = list(
         datasets.get_builder("ultrachat", "first_round").rows(
-            os.path.join(FIX, "ultrachat", "h4"), "train"
+            os.path.join(FIX, "ultrachat"), "train"
         )
     )
     order = np.random.default_rng(ultrachat.SHUFFLE_SEED).permutation(24)
@@ -209,7 +209,7 @@ def test_prepare_cli_writes_alpaca_eval_reference_file(tmp_path):
         "ram_jax.datasets.prepare",
         "--dataset=tldr",
         "--config=sft",
-        f"--manual_dir={FIX}/tldr/sft",
+        f"--manual_dir={FIX}/tldr",
         "--split=test300",
         "--format=alpaca_eval",
         f"--output={out}",
@@ -217,7 +217,7 @@ def test_prepare_cli_writes_alpaca_eval_reference_file(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr
     recs = json.loads(out.read_text())
-    full = list(datasets.get_builder("tldr", "sft").rows(f"{FIX}/tldr/sft", "test"))
+    full = list(datasets.get_builder("tldr", "sft").rows(f"{FIX}/tldr", "test"))
     idx = datasets.test_subset(320)
     assert [r["instruction"] for r in recs] == [full[i]["prompt"] for i in idx]
     assert {r["generator"] for r in recs} == {"reference"}
