@@ -349,9 +349,8 @@ def generate(
         chunk = rows[start : start + width]
         tokens_BxT, mask_BxT = batching.left_pad(chunk, length, pad_id, rows=width)
         chunk_keys = row_keys[start : start + width]
-        if len(chunk) < width:
-            filler = jnp.broadcast_to(chunk_keys[:1], (width - len(chunk),) + chunk_keys.shape[1:])
-            chunk_keys = jnp.concatenate([chunk_keys, filler])
+        if len(chunk) < width:  # filler rows reuse the chunk's first key
+            chunk_keys = chunk_keys[np.where(np.arange(width) < len(chunk), np.arange(width), 0)]
         out = decode(p_params, q_params, tokens_BxT, mask_BxT, chunk_keys, **kw)
         if sampling.mode == "seq_sir":
             first = start // n

@@ -1,0 +1,257 @@
+r"""Decode prompts with a proposal and (optionally) a residual aligner.
+
+Usage:
+  python -m ram_jax.generate --proposal=/models/llama-3.1-8b \
+    --aligner=/runs/ram-1b/export --prompts=alpaca_eval.json \
+    --template=human_assistant --mode=par_kl --preset=reference \
+    --temperature=0.7 --proposal_temperature=0.5 --output=outputs.json
+
+`--proposal` / `--aligner` are HF model directories (config.json +
+safetensors), or a ram_jax training workdir whose `export/` holds one; no
+`--aligner` means proposal-only decoding. The output is AlpacaEval's format (a
+JSON list of {instruction, output, generator}), written atomically; timing
+goes to `<output>.metrics.json` and to the last stdout line as one JSON object
+(ttft_seconds, tokens_per_second, ...). Timings exclude the first batch, which
+includes compilation, whenever there is more than one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from tqdm import tqdm
+
+from ram_jax import batching, convert, stream
+from ram_jax import decode as D
+from ram_jax import sampling as S
+from ram_jax import tokenizer as T
+
+_PROPOSAL = flags.DEFINE_string("proposal", None, "Proposal HF model directory.", required=True)
+_ALIGNER = flags.DEFINE_string("aligner", None, "Aligner HF directory; absent: proposal only.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json (default: the proposal's).")
+_PROMPTS = flags.DEFINE_string("prompts", None, "JSON / JSONL; field `instruction` or `prompt`.")
+_TEMPLATE = flags.DEFINE_enum("template", "raw", sorted(batching.TEMPLATES), "Prompt template.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output JSON (AlpacaEval format).", required=True)
+_GENERATOR = flags.DEFINE_string("generator", None, "`generator` field (default: from flags).")
+_PRESET = flags.DEFINE_enum(
+    "preset",
+    "none",
+    ["none", "reference"],
+    "reference: the reference implementation's defaults (par_kl, tau 0.1, top_p 0.9, proposal "
+    "top_p 0.95, repetition penalty 1.05, FastChat processor order); explicit flags override.",
+)
+_MODE = flags.DEFINE_enum("mode", "proposal", list(S.MODES), "Decoding mode (RAM.md section 3).")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Output temperature (0: greedy).")
+_P_TEMPERATURE = flags.DEFINE_float("proposal_temperature", 1.0, "Proposal temperature T_P.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Output top-p.")
+_P_TOP_P = flags.DEFINE_float("proposal_top_p", 1.0, "Proposal top-p (P's nucleus).")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Output top-k (0: off).")
+_P_TOP_K = flags.DEFINE_integer("proposal_top_k", 0, "Proposal top-k (0: off).")
+_REP = flags.DEFINE_float("repetition_penalty", 1.0, "HF repetition penalty (1: off).")
+_KL = flags.DEFINE_float("kl_threshold", 0.1, "par_kl: use par where KL(P||Q) <= this.")
+_CANDIDATES = flags.DEFINE_integer("num_candidates", 1, "sir: n per token; seq_sir: N.")
+_EOS_PRIORITY = flags.DEFINE_bool("eos_priority", False, "par: emit EOS when P's argmax is EOS.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Tokens to generate per prompt.")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Prompts per compiled batch.")
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
+_STOP = flags.DEFINE_multi_string("stop", ["\n\nHuman"], "Stop strings (repeatable).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter dtype.")
+
+_SAMPLING_FLAGS = {
+    "mode": _MODE,
+    "temperature": _TEMPERATURE,
+    "proposal_temperature": _P_TEMPERATURE,
+    "top_p": _TOP_P,
+    "proposal_top_p": _P_TOP_P,
+    "top_k": _TOP_K,
+    "proposal_top_k": _P_TOP_K,
+    "repetition_penalty": _REP,
+    "kl_threshold": _KL,
+    "num_candidates": _CANDIDATES,
+    "eos_priority": _EOS_PRIORITY,
+}
+
+
+def sampling_from_flags() -> S.SamplingConfig:
+    """The SamplingConfig of the command line (validated before anything loads)."""
+    if _PRESET.value == "reference":
+        given = {k: f.value for k, f in _SAMPLING_FLAGS.items() if flags.FLAGS[f.name].present}
+        return S.REFERENCE.replace(**given)
+    return S.SamplingConfig(**{k: f.value for k, f in _SAMPLING_FLAGS.items()})
+
+
+def read_prompts(path: str) -> list[str]:
+    """Instructions from a JSON list or JSONL file (field `instruction` or `prompt`)."""
+    with open(path) as f:
+        text = f.read()
+    try:
+        rows = json.loads(text)
+        rows = rows if isinstance(rows, list) else [rows]
+    except json.JSONDecodeError:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not JSON ({e.msg}).") from None
+    out = []
+    for i, row in enumerate(rows):
+        value = row.get("instruction", row.get("prompt")) if isinstance(row, dict) else None
+        if not isinstance(value, str):
+            raise ValueError(f"{path}: record {i} has no string field 'instruction' or 'prompt'.")
+        out.append(value)
+    if not out:
+        raise ValueError(f"{path}: no prompts.")
+    return out
+
+
+def model_dir(path: str, name: str) -> str:
+    """An HF model directory: `path` itself, or a training workdir's `export/`."""
+    for candidate in (path, os.path.join(path, "export")):
+        if os.path.isfile(os.path.join(candidate, "config.json")):
+            return candidate
+    raise FileNotFoundError(
+        f"--{name}={path}: neither it nor {path}/export holds config.json; pass an HF model "
+        "directory (a training run exports one to <workdir>/export)."
+    )
+
+
+def write_json_atomic(obj, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+    os.replace(f.name, path)
+
+
+def run(sampling: S.SamplingConfig) -> dict:
+    """Loads models and prompts, decodes, writes outputs; returns the metrics."""
+    if _BATCH.value < 1:
+        raise ValueError(f"--batch_size={_BATCH.value} must be >= 1.")
+    instructions = read_prompts(_PROMPTS.value)
+    p_dir = model_dir(_PROPOSAL.value, "proposal")
+    tok = T.load_tokenizer(_TOKENIZER.value or p_dir)
+    q_dir = model_dir(_ALIGNER.value, "aligner") if _ALIGNER.value else None
+    if q_dir and os.path.isfile(os.path.join(q_dir, "tokenizer.json")):
+        T.check_same_tokenizer(tok, T.load_tokenizer(q_dir), "proposal", "aligner")
+    if sampling.needs_aligner and q_dir is None:
+        raise ValueError(f"--mode={sampling.mode} needs --aligner; or use --mode=proposal.")
+    p_config, p_params = convert.load_hf(p_dir, param_dtype=_DTYPE.value)
+    q_config, q_params = convert.load_hf(q_dir, param_dtype=_DTYPE.value) if q_dir else (None,) * 2
+    vocab = T.tokenizer_length(tok)
+    for name, config in (("proposal", p_config), ("aligner", q_config)):
+        if config is not None:
+            T.check_vocab_fits(config, tok, name)
+    eos = T.eos_token_ids(tok, p_config)
+    pad = tok.token_to_id(T.PAD_TOKEN)
+    pad = eos[0] if pad is None else pad
+    prompts = batching.encode_prompts(tok, instructions, _TEMPLATE.value)
+    configs = [c for c in (p_config, q_config) if c is not None]
+    batching.check_prompts(prompts, _MAX_NEW.value, configs, vocab)
+
+    width, new = _BATCH.value, _MAX_NEW.value
+    length = batching.bucket_length(max(len(p) for p in prompts))
+    key = jax.random.key(_SEED.value)
+    # As `decode.generate`: row r's key is split(key, P)[r], so outputs do not depend on
+    # --batch_size; rows filling the last batch reuse its first key (and are dropped).
+    row_keys = jax.random.split(key, len(prompts))
+    common = dict(vocab_size=vocab, q_params=q_params, q_config=q_config, eos_ids=eos, pad_id=pad)
+    tokens, lengths, ttfts, seconds = [], [], [], []
+    bar = tqdm(total=len(prompts), unit="prompt", desc=f"decode {sampling.mode}")
+    for start in range(0, len(prompts), width):
+        chunk = prompts[start : start + width]
+        t0 = time.perf_counter()
+        if sampling.mode == "seq_sir":
+            out = D.generate(
+                p_params,
+                p_config,
+                chunk,
+                sampling,
+                key=jax.random.fold_in(key, start),
+                max_new_tokens=new,
+                batch_size=width,
+                **common,
+            )
+            ttfts.append(time.perf_counter() - t0)
+            toks, lens = out["tokens"], out["lengths"]
+        else:
+            tokens_BxT, mask_BxT = batching.left_pad(chunk, length, pad, rows=width)
+            keys = row_keys[start : start + width]
+            keys = keys[np.where(np.arange(width) < len(chunk), np.arange(width), 0)]
+            parts = []
+            for part in stream.stream(
+                p_params,
+                p_config,
+                tokens_BxT,
+                mask_BxT,
+                keys,
+                sampling,
+                max_new_tokens=new,
+                **common,
+            ):
+                if not parts:
+                    ttfts.append(time.perf_counter() - t0)
+                parts.append(part)
+            toks = np.concatenate([p["tokens"] for p in parts], axis=1)[: len(chunk)]
+            lens = np.concatenate([p["live"] for p in parts], axis=1).sum(1)[: len(chunk)]
+        toks = np.pad(toks, ((0, 0), (0, new - toks.shape[1])), constant_values=pad)
+        seconds.append(time.perf_counter() - t0)
+        tokens.append(toks)
+        lengths.append(lens)
+        bar.update(len(chunk))
+        bar.set_postfix(tok_s=f"{int(np.sum(lens)) / seconds[-1]:.1f}")
+    bar.close()
+    tokens_PxN, lengths_P = np.concatenate(tokens), np.concatenate(lengths)
+    texts = batching.decode_texts(tok, tokens_PxN, lengths_P, eos, _STOP.value)
+    generator = _GENERATOR.value or (
+        f"ram_jax-{sampling.mode}-{os.path.basename(os.path.normpath(p_dir))}"
+        + (f"+{os.path.basename(os.path.normpath(q_dir))}" if q_dir else "")
+    )
+    records = [
+        {"instruction": i, "output": t, "generator": generator}
+        for i, t in zip(instructions, texts, strict=True)
+    ]
+    write_json_atomic(records, _OUTPUT.value)
+    # Timings skip the first batch (compilation) when later batches exist.
+    warm = slice(1, None) if len(seconds) > 1 else slice(None)
+    batch_tokens = [int(np.sum(x)) for x in lengths]
+    metrics = {
+        "mode": sampling.mode,
+        "num_prompts": len(prompts),
+        "batch_size": width,
+        "generated_tokens": int(np.sum(lengths_P)),
+        "ttft_seconds": float(np.median(ttfts[warm])),
+        "tokens_per_second": float(np.sum(batch_tokens[warm]) / np.sum(seconds[warm])),
+        "first_batch_seconds": seconds[0],
+        "timings_include_compile": len(seconds) == 1,
+        "wall_seconds": float(np.sum(seconds)),
+        "output": _OUTPUT.value,
+        "sampling": {k: getattr(sampling, k) for k in _SAMPLING_FLAGS},
+    }
+    write_json_atomic(metrics, _OUTPUT.value + ".metrics.json")
+    return metrics
+
+
+def main(argv):
+    del argv
+    if not _PROMPTS.value:
+        raise app.UsageError("--prompts is required (a JSON or JSONL file).")
+    sampling = sampling_from_flags()
+    metrics = run(sampling)
+    print(
+        f"decoded {metrics['num_prompts']} prompts ({metrics['generated_tokens']} tokens) with "
+        f"{metrics['mode']}: ttft {metrics['ttft_seconds']:.3f}s, "
+        f"{metrics['tokens_per_second']:.1f} tokens/s -> {metrics['output']}"
+    )
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    app.run(main)

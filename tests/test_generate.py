@@ -1,0 +1,161 @@
+"""The `python -m ram_jax.generate` CLI: end to end on tiny HF directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from absl import flags
+
+from ram_jax import batching, convert, decode, generate
+from ram_jax import sampling as S
+from ram_jax import tokenizer as T
+from ram_jax.config import get_preset
+from ram_jax.transformer import abstract_params
+from tests.hf_fixtures import random_params
+
+FIXTURE_TOKENIZER = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizer.json")
+INSTRUCTIONS = ["Say hello.", "What is two plus two? Answer briefly.", "Name a colour."]
+# The aligner pads its embedding (like Qwen2.5): rows 384..399 must never be sampled.
+P_CONFIG = get_preset("tiny-llama", vocab_size=384, eos_token_ids=(0,))
+Q_CONFIG = P_CONFIG.replace(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generate")
+    tok = T.load_tokenizer(FIXTURE_TOKENIZER)
+    for name, config, seed in (("proposal", P_CONFIG, 1), ("aligner", Q_CONFIG, 2)):
+        convert.save_hf(
+            random_params(abstract_params(config), seed), config, str(root / name), tokenizer=tok
+        )
+    # The aligner as a training workdir: the CLI finds <workdir>/export.
+    os.makedirs(root / "run")
+    os.rename(root / "aligner", root / "run" / "export")
+    with open(root / "prompts.jsonl", "w") as f:
+        f.write("\n".join(json.dumps({"prompt": x}) for x in INSTRUCTIONS[:2]) + "\n")
+        f.write(json.dumps({"instruction": INSTRUCTIONS[2], "id": 3}) + "\n")
+    return root
+
+
+def _parse(argv):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["generate", *argv])
+
+
+def test_cli_end_to_end_equals_library_decode(dirs):
+    out = dirs / "out.json"
+    args = [
+        f"--proposal={dirs / 'proposal'}",
+        f"--aligner={dirs / 'run'}",
+        f"--prompts={dirs / 'prompts.jsonl'}",
+        "--template=human_assistant",
+        f"--output={out}",
+        "--mode=par_kl",
+        "--temperature=0.8",
+        "--proposal_temperature=0.7",
+        "--top_p=0.9",
+        "--repetition_penalty=1.1",
+        "--kl_threshold=0.5",
+        "--max_new_tokens=6",
+        "--batch_size=2",
+        "--seed=3",
+        "--stop=lo",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "ram_jax.generate", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "XLA_FLAGS": ""},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    records = json.loads(out.read_text())
+    assert [r["instruction"] for r in records] == INSTRUCTIONS
+    assert {r["generator"] for r in records} == {"ram_jax-par_kl-proposal+export"}
+    metrics = json.loads((dirs / "out.json.metrics.json").read_text())
+    assert metrics == summary
+    assert summary["num_prompts"] == 3 and not summary["timings_include_compile"]
+    assert summary["ttft_seconds"] > 0 and summary["tokens_per_second"] > 0
+    # The same decode through the library (no stream, one batch) gives the same texts.
+    tok = T.load_tokenizer(FIXTURE_TOKENIZER)
+    p_config, p_params = convert.load_hf(str(dirs / "proposal"))
+    q_config, q_params = convert.load_hf(str(dirs / "run" / "export"))
+    prompts = batching.encode_prompts(tok, INSTRUCTIONS, "human_assistant")
+    sampling = S.SamplingConfig(
+        mode="par_kl",
+        temperature=0.8,
+        proposal_temperature=0.7,
+        top_p=0.9,
+        repetition_penalty=1.1,
+        kl_threshold=0.5,
+    )
+    lib = decode.generate(
+        p_params,
+        p_config,
+        prompts,
+        sampling,
+        key=jax.random.key(3),
+        max_new_tokens=6,
+        vocab_size=384,
+        q_params=q_params,
+        q_config=q_config,
+        eos_ids=(0,),
+        pad_id=0,
+    )
+    assert summary["generated_tokens"] == int(lib["lengths"].sum())
+    texts = batching.decode_texts(tok, lib["tokens"], lib["lengths"], (0,), ["lo"])
+    assert [r["output"] for r in records] == texts
+    assert any(texts), "all outputs empty: the comparison would be vacuous"
+
+
+def test_reference_preset_and_overrides():
+    _parse(["--proposal=x", "--output=y", "--preset=reference", "--temperature=0.3"])
+    got = generate.sampling_from_flags()
+    assert got == S.REFERENCE.replace(temperature=0.3)
+    assert (got.mode, got.kl_threshold, got.top_p, got.proposal_top_p) == ("par_kl", 0.1, 0.9, 0.95)
+    assert (got.repetition_penalty, got.filter_order) == (1.05, "top_p_first")
+    assert S.reference_sampling("qwen", "ultrachat").temperature == 0.3
+
+
+def test_bad_sampling_flag_rejected_before_loading():
+    _parse(["--proposal=/nonexistent", "--output=y", "--top_p=1.5"])
+    with pytest.raises(ValueError, match=r"top_p=1.5 must lie in \(0, 1\]"):
+        generate.sampling_from_flags()
+
+
+def test_different_tokenizers_rejected_up_front(dirs, tmp_path):
+    other = tmp_path / "other"
+    config = Q_CONFIG.replace(vocab_size=300)
+    tok = T.build_tokenizer(["a different corpus " * 50], vocab_size=290)
+    convert.save_hf(random_params(abstract_params(config), 3), config, str(other), tokenizer=tok)
+    _parse(
+        [
+            f"--proposal={dirs / 'proposal'}",
+            f"--aligner={other}",
+            "--mode=par",
+            f"--prompts={dirs / 'prompts.jsonl'}",
+            f"--output={tmp_path / 'o.json'}",
+        ]
+    )
+    with pytest.raises(ValueError, match="do not share one tokenizer"):
+        generate.run(generate.sampling_from_flags())
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_read_prompts_formats_and_errors(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([{"instruction": "x"}, {"prompt": "y"}]))
+    assert generate.read_prompts(str(tmp_path / "a.json")) == ["x", "y"]
+    (tmp_path / "b.jsonl").write_text('{"prompt": "x"}\n{"text": "y"}\n')
+    with pytest.raises(ValueError, match="record 1 has no string field"):
+        generate.read_prompts(str(tmp_path / "b.jsonl"))
+    (tmp_path / "c.jsonl").write_text('{"prompt": "x"}\n{oops\n')
+    with pytest.raises(ValueError, match="c.jsonl:2: not JSON"):
+        generate.read_prompts(str(tmp_path / "c.jsonl"))
+    with pytest.raises(FileNotFoundError, match="neither it nor"):
+        generate.model_dir(str(tmp_path), "aligner")
