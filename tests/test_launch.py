@@ -206,6 +206,25 @@ def test_stage_chain_of_a_ram_row(dry_runs):
     assert "ram_jax.sample_proposal" not in dry_runs["hh-helpful-llama8b-dpo-ram1b"]
 
 
+def test_runlocal_dry_run_chains_tiny_stages_on_the_fixtures():
+    env = {k: v for k, v in ENV.items() if k not in ("CKPT", "DATA", "OUT")}
+    text = _run("launch/reproduce.sh", "uc-llama8b-wup-ram1b", "--runlocal", "--dry_run", env=env)
+    cmds = [_flags(c) for c in _commands(text)]
+    assert cmds[0]["manual_dir"].endswith("tests/fixtures/datasets/ultrachat")
+    assert cmds[0]["tokenizer"].endswith("tests/fixtures/tokenizer.json")
+    trains = [c for c in cmds if "workdir" in c]
+    assert [c["config"].split(":")[1] for c in trains] == [
+        "stage=proposal,runlocal",
+        "stage=aligner,runlocal",
+    ]
+    for c in trains:
+        assert (
+            c["config.model.init"] == "preset" and c["config.model.overrides.vocab_size"] == "384"
+        )
+        assert c["config.data.max_length"] == "128"
+    assert cmds[-2]["max_new_tokens"] == "15" and cmds[-2]["dtype"] == "float32"
+
+
 def test_wrappers_dry_run_and_usage(tmp_path):
     out = _run("launch/gpu.sh", "--dry_run", "--", "python", "-m", "ram_jax.main", "--config=x")
     assert "xla_gpu_enable_latency_hiding_scheduler=true" in out and "ram_jax.main" in out

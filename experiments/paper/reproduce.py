@@ -29,6 +29,9 @@ import time
 from experiments.paper import rows as R
 
 PY = "python"
+FIXTURES = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures")
+)
 SETTINGS = (
     "objective.name",
     "objective.alpha",
@@ -81,7 +84,9 @@ def _get(c, key):
 class Planner:
     """Builds the command list of a row from the row configs and the locations."""
 
-    def __init__(self, row: R.Row, ckpt: str, data: str, out: str):
+    def __init__(self, row: R.Row, ckpt: str, data: str, out: str, tokenizer: str | None = None):
+        """`tokenizer` set: a CPU-sized run (`runlocal` configs, tiny preset models)."""
+        self.runlocal = tokenizer is not None
         self.row, self.ckpt, self.data, self.out = row, ckpt, data, out
         self.big_hf = os.path.join(ckpt, R.PROPOSALS[row.family][0])
         self.size, small_hf, _ = R.SMALL[row.family]
@@ -89,6 +94,8 @@ class Planner:
         self.train_jsonl = os.path.join(out, "data", f"{row.data}_train.jsonl")
         self.eval_json = os.path.join(out, "data", f"{row.task}_eval.json")
         self.row_file = f"experiments/paper/{row.name.replace('-', '_')}.py"
+        self.tokenizer = tokenizer or self.big_hf
+        self.local = ",runlocal" if self.runlocal else ""
 
     # --- names of shared outputs
     def workdir(self, stage: str) -> str:
@@ -113,8 +120,23 @@ class Planner:
         return os.path.join(self.out, "samples", f"{r.data}-{r.family}-{r.proposal_stage}.jsonl")
 
     @property
+    def vocab_size(self) -> int:
+        """Embedding rows for the CPU run's tiny models: the tokenizer's length."""
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(self.tokenizer).get_vocab_size(with_added_tokens=True)
+
+    @property
+    def lengths(self) -> tuple[int, int]:
+        return (48, 32) if self.runlocal else self.row.lengths
+
+    @property
+    def dtype(self) -> str:
+        return "float32" if self.runlocal else "bfloat16"
+
+    @property
     def max_new_tokens(self) -> int:
-        max_length, max_prompt = self.row.lengths
+        max_length, max_prompt = self.lengths
         return max_length - max_prompt - 1
 
     @property
@@ -132,7 +154,7 @@ class Planner:
                 "--dataset=ultrachat",
                 "--config=first_round_120k",
                 f"--manual_dir={d}/ultrachat",
-                f"--tokenizer={self.big_hf}",
+                f"--tokenizer={self.tokenizer}",
             ],
         }[r.data]
         evals = {
@@ -170,16 +192,16 @@ class Planner:
         ]
 
     def train_step(self, stage: str, *, init_path: str, train_file: str) -> Step:
-        c = R.get_config(self.row, f"stage={stage}")
+        c = R.get_config(self.row, f"stage={stage}{self.local}")
         argv = [
             PY,
             "-m",
             "ram_jax.main",
-            f"--config={self.row_file}:stage={stage}",
+            f"--config={self.row_file}:stage={stage}{self.local}",
             f"--workdir={self.workdir(stage)}",
             f"--config.model.init={c.model.init}",
             f"--config.model.path={init_path}",
-            f"--config.tokenizer={self.big_hf}",
+            f"--config.tokenizer={self.tokenizer}",
             f"--config.data.train_file={train_file}",
         ]
         skip = set()
@@ -190,6 +212,8 @@ class Planner:
         if c.objective.name not in ("ram_sft", "ram_mc"):
             skip.add("objective.negatives")
         argv += [f"--config.{k}={_get(c, k)}" for k in SETTINGS if k not in skip]
+        if self.runlocal:
+            argv.append(f"--config.model.overrides.vocab_size={self.vocab_size}")
         return Step(
             f"train: {stage} ({c.objective.name}, lr {c.optimizer.lr:g})",
             argv,
@@ -203,19 +227,19 @@ class Planner:
             "-m",
             "ram_jax.sample_proposal",
             f"--proposal={proposal}",
-            f"--tokenizer={self.big_hf}",
+            f"--tokenizer={self.tokenizer}",
             f"--input={self.train_jsonl}",
             f"--output={self.samples}",
             f"--prompt_template={self.row.template}",
-            f"--max_prompt_length={self.row.lengths[1]}",
+            f"--max_prompt_length={self.lengths[1]}",
             f"--temperature={s['temperature']}",
             f"--top_p={s['top_p']}",
             f"--repetition_penalty={s['repetition_penalty']}",
             "--num_samples=1",
             f"--max_new_tokens={self.max_new_tokens}",
             f"--stop={s['stop']}",
-            "--batch_size=64",
-            "--dtype=bfloat16",
+            f"--batch_size={16 if self.runlocal else 64}",
+            f"--dtype={self.dtype}",
         ]
         return Step("negatives: one proposal sample per training prompt", argv, self.samples)
 
@@ -227,7 +251,7 @@ class Planner:
             argv.append(f"--aligner={aligner}")
         t, t_p = self.row.decode_t
         argv += [
-            f"--tokenizer={self.big_hf}",
+            f"--tokenizer={self.tokenizer}",
             f"--prompts={prompts or self.eval_json}",
             f"--template={template or self.gen_template}",
             f"--output={output}",
@@ -246,10 +270,10 @@ class Planner:
         argv += [
             f"--repetition_penalty={R.REPETITION_PENALTY}",
             f"--max_new_tokens={self.max_new_tokens}",
-            "--batch_size=32",
+            f"--batch_size={16 if self.runlocal else 32}",
             "--seed=0",
             "--stop=\n\nHuman",
-            "--dtype=bfloat16",
+            f"--dtype={self.dtype}",
             f"--generator={self.row.name}",
         ]
         return Step(name, argv, output)
@@ -393,6 +417,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--launcher", default="", help="prefix of every command, e.g. launch/gpu.sh"
     )
+    parser.add_argument(
+        "--runlocal",
+        action="store_true",
+        help="the whole row in miniature on a CPU: tiny models, runlocal configs, the test "
+        "fixtures as DATA and tests/fixtures/tokenizer.json (no CKPT needed)",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for row in R.all_rows():
@@ -405,7 +435,13 @@ def main(argv=None) -> int:
     except KeyError as e:
         print(e.args[0], file=sys.stderr)
         return 2
-    env = os.environ
+    env = dict(os.environ)
+    tokenizer = None
+    if args.runlocal:
+        env.setdefault("DATA", os.path.join(FIXTURES, "datasets"))
+        env.setdefault("CKPT", "/unused")
+        env.setdefault("OUT", "/tmp/ram_jax_paper_local")
+        tokenizer = os.path.join(FIXTURES, "tokenizer.json")
     missing = [k for k in ("CKPT", "DATA") if not env.get(k)]
     if missing and not args.dry_run:
         print(f"set {' and '.join(missing)} (see --help) before running a row.", file=sys.stderr)
@@ -415,6 +451,7 @@ def main(argv=None) -> int:
         env.get("CKPT", "$CKPT"),
         env.get("DATA", "$DATA"),
         env.get("OUT", os.path.join(os.getcwd(), "runs", "paper")),
+        tokenizer=tokenizer,
     )
     prefix = args.launcher.split() if args.launcher else []
     steps = planner.steps()
@@ -430,6 +467,8 @@ def main(argv=None) -> int:
             print(f"# done already ({step.done_marker}); skipped")
             continue
         print(line, flush=True)
+        # Not every CLI creates its output's folder.
+        os.makedirs(os.path.dirname(step.done_marker), exist_ok=True)
         subprocess.run(prefix + step.argv, check=True)
         ran += 1
     if not args.dry_run:

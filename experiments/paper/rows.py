@@ -191,7 +191,10 @@ _RUNLOCAL_KEYS = (
 def _shrink_like_base(c) -> None:
     """Applies base.py's `runlocal` values over the paper settings (a CPU-sized run)."""
     small = base.get_config("runlocal")
-    for key in _RUNLOCAL_KEYS:
+    keys = _RUNLOCAL_KEYS
+    if c.model.init == "checkpoint":  # keep chaining from the previous stage's result
+        keys = tuple(k for k in keys if k != "model.init")
+    for key in keys:
         src, dst = small, c
         *path, leaf = key.split(".")
         for p in path:
