@@ -112,9 +112,9 @@ def score_answers(
         "style_compliance": sum(map(style_compliant, answers)) / n,
         "factual_accuracy": sum(
             factually_accurate(a, ex.entity, ex.attribute, ex.value, values[ex.attribute])
-            for a, ex in zip(answers, examples)
+            for a, ex in zip(answers, examples, strict=True)
         )
         / n,
-        "well_formed": sum(well_formed(a, f) for a, f in zip(answers, finished)) / n,
+        "well_formed": sum(well_formed(a, f) for a, f in zip(answers, finished, strict=True)) / n,
         "distinct_2": distinct_n(answers, 2),
     }

@@ -1,0 +1,482 @@
+"""The experiment's stages, each through a real ram_jax entry point.
+
+  world      generate the world, write its JSONL files, build the BPE tokenizer
+             (`ram_jax.tokenizer.build_tokenizer`)
+  proposal   pre-train the proposal on the base corpus (`ram_jax.main`'s run)
+  samples    K proposal samples per aligned prompt (`ram_jax.sample_proposal`)
+  per seed:  train `aligner` (sft), `proposal_sft`, the RAM aligners (ram_sft,
+             ram_dpo, ram_mc) and the `corrector` (`ram_jax.main`'s run);
+             decode every method (`ram_jax.generate`); score.
+
+The entry points run in this process (the functions their CLIs call, with the
+configs loaded from the same files and fields overridden as `--config.x=y`
+would), because on 2 CPU cores a fresh interpreter per stage (imports plus
+compilation) would cost more than most stages. The proposal and its offline
+samples are built once per run, like the paper's frozen base LLM; each seed
+retrains everything trained on the aligned set and redraws every decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+from experiments.demo import scorers
+from experiments.demo import world as world_lib
+from experiments.demo.report import write_atomic
+
+CONFIGS = "experiments.configs"
+RAM_OBJECTIVES = ("ram_sft", "ram_dpo", "ram_mc")
+CORRECTOR_DRAFT = "{question}\n\nDraft: {draft}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What one run of the experiment does."""
+
+    out: str
+    quick: bool
+    seeds: int
+    world_seed: int = 0
+    # RAM decoding modes per objective (the ram_sft aligner gets every mode).
+    ram_modes: dict = dataclasses.field(default_factory=dict)
+    num_samples: int = 4  # proposal samples per aligned prompt (ram_mc's K)
+
+    @staticmethod
+    def make(out: str, quick: bool, seeds: int) -> Plan:
+        if seeds < 1:
+            raise ValueError(f"--seeds={seeds}: need at least one seed.")
+        if quick:
+            modes = {"ram_sft": ("product",), "ram_dpo": (), "ram_mc": ()}
+        else:
+            # `aligner`: the residual aligner decoded alone, a diagnostic.
+            all_modes = ("product", "par", "par_kl", "sir", "seq_sir", "aligner")
+            modes = {"ram_sft": all_modes, "ram_dpo": ("product",), "ram_mc": ("product",)}
+        return Plan(out=out, quick=quick, seeds=seeds, ram_modes=modes)
+
+    @property
+    def world_spec(self) -> world_lib.WorldSpec:
+        if self.quick:
+            return world_lib.WorldSpec(num_entities=40, num_eval=48)
+        return world_lib.WorldSpec(num_entities=120, num_eval=96)
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        return tuple(o for o in RAM_OBJECTIVES if self.ram_modes.get(o))
+
+
+class Progress:
+    """Prints each stage with elapsed time and an ETA from expected stage costs."""
+
+    def __init__(self, stages: list[tuple[str, float]]):
+        self.weights = dict(stages)
+        self.total = sum(self.weights.values())
+        self.done = 0.0
+        self.t0 = time.time()
+
+    def start(self, name: str) -> float:
+        print(f"[{time.time() - self.t0:6.0f}s] {name} ...", flush=True)
+        return time.time()
+
+    def end(self, name: str, t_start: float, note: str = "") -> None:
+        self.done += self.weights.get(name, 0.0)
+        elapsed = time.time() - self.t0
+        eta = elapsed / max(self.done, 1e-9) * (self.total - self.done)
+        print(
+            f"[{elapsed:6.0f}s] {name} done in {time.time() - t_start:.1f}s {note}(ETA {eta:.0f}s)",
+            flush=True,
+        )
+
+
+def write_jsonl(path: str, rows) -> None:
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_config(name: str, arg: str | None, overrides: dict):
+    """`get_config(arg)` of experiments/configs/NAME.py with dotted-field overrides,
+    as `--config=FILE:arg --config.a.b=v` gives the CLI."""
+    config = importlib.import_module(f"{CONFIGS}.{name}").get_config(arg)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def train(name: str, arg: str | None, workdir: str, overrides: dict) -> dict:
+    """One `python -m ram_jax.main --config=...:arg --workdir=...` run, in process."""
+    from ram_jax import train_loop
+
+    config = load_config(name, arg, overrides)
+    summary = train_loop.run(config, workdir)
+    summary["trainable_params"] = _param_count(summary["export_dir"])
+    return summary
+
+
+def _param_count(export_dir: str) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(os.listdir(export_dir)):
+        if f.endswith(".safetensors"):
+            with safe_open(os.path.join(export_dir, f), "numpy") as st:
+                for k in st.keys():
+                    total += int(st.get_slice(k).get_shape() and _prod(st.get_slice(k).get_shape()))
+    return total
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+# ----------------------------------------------------------------------------- world
+
+
+def build_world(plan: Plan) -> dict:
+    """Writes the world's files under OUT/world; returns their paths."""
+    from experiments.configs.demo_proposal import TEMPLATE, VOCAB_SIZE
+    from ram_jax.tokenizer import build_tokenizer
+
+    w = world_lib.make_world(plan.world_seed, plan.world_spec)
+    d = os.path.join(plan.out, "world")
+    os.makedirs(d, exist_ok=True)
+    rng = random.Random(plan.world_seed)
+    paths = {
+        "base": os.path.join(d, "base.jsonl"),
+        "aligned": os.path.join(d, "aligned.jsonl"),
+        "eval": os.path.join(d, "eval_prompts.jsonl"),
+        "facts": os.path.join(d, "facts.json"),
+        "tokenizer": os.path.join(d, "tokenizer.json"),
+    }
+    write_jsonl(paths["base"], [{"prompt": e.question, "chosen": e.answer} for e in w.base])
+    write_jsonl(
+        paths["aligned"],
+        [
+            {
+                "prompt": e.question,
+                "chosen": e.answer,
+                "rejected": world_lib.rejected_answer(rng, e),
+            }
+            for e in w.aligned
+        ],
+    )
+    write_jsonl(paths["eval"], [{"instruction": e.question} for e in w.eval])
+    write_atomic(
+        paths["facts"],
+        json.dumps(
+            {
+                "facts": w.facts,
+                "aligned_entities": w.aligned_entities,
+                "eval_entities": w.eval_entities,
+            },
+            indent=1,
+        ),
+    )
+    # Prompts and answers are tokenized separately in training, so the BPE
+    # learns them as separate texts (answers start without a leading space).
+    texts = [TEMPLATE.replace("{prompt}", e.question) for e in w.base] + [
+        e.answer for e in w.base + w.aligned
+    ]
+    tok = build_tokenizer(texts, VOCAB_SIZE)
+    write_atomic(paths["tokenizer"], tok.to_str())
+    return {"world": w, "paths": paths}
+
+
+def corrector_rows(aligned_sampled: list[dict], k: int) -> list[dict]:
+    """(question + proposal draft) -> aligned answer, one row per draft."""
+    rows = []
+    for r in aligned_sampled:
+        drafts = r["sampling"] if isinstance(r["sampling"], list) else [r["sampling"]]
+        for d in drafts[:k]:
+            rows.append(
+                {
+                    "prompt": CORRECTOR_DRAFT.format(question=r["prompt"], draft=d),
+                    "chosen": r["chosen"],
+                }
+            )
+    return rows
+
+
+def score(outputs: list[str], w: world_lib.World, finished=None) -> dict:
+    return scorers.score_answers(outputs, w.eval, w.values, finished)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """A method's answers and `ram_jax.generate`'s timings (compilation excluded)."""
+
+    outputs: list[str]
+    ttft_seconds: float  # median over batches: prompt in, first token out
+    tokens_per_second: float
+    batch_seconds: float  # mean wall time of one batch's whole answers
+
+
+DECODE = dict(temperature=0.7, proposal_temperature=0.7, top_p=0.95, proposal_top_p=0.95)
+NUM_CANDIDATES = 8
+MAX_NEW_TOKENS = 32
+BATCH_SIZE = 16
+
+
+def generate(
+    proposal: str, aligner: str | None, prompts_file: str, output: str, mode: str, seed: int
+) -> Decoded:
+    """One `python -m ram_jax.generate` run; see `_run_generate`."""
+    return _run_generate(
+        proposal=proposal,
+        aligner=aligner,
+        prompts=prompts_file,
+        output=output,
+        mode=mode,
+        seed=seed,
+        template="human_assistant",
+        batch_size=BATCH_SIZE,
+        num_candidates=NUM_CANDIDATES,
+        max_new_tokens=MAX_NEW_TOKENS,
+        **DECODE,
+    )
+
+
+# ----------------------------------------------------------------------------- a seed
+
+
+def run_seed(plan: Plan, seed: int, shared: dict, progress: Progress) -> dict[str, dict]:
+    """Trains and decodes every method for one seed; returns {method: metrics}."""
+    w, paths = shared["world"], shared["paths"]
+    sd = os.path.join(plan.out, f"seed{seed}")
+    gen_dir = os.path.join(sd, "generations")
+    os.makedirs(gen_dir, exist_ok=True)
+    q = "quick" if plan.quick else None
+    common = {"tokenizer": paths["tokenizer"], "seed": seed}
+    trained = {}
+
+    def stage_train(key, config, arg, data, extra=None):
+        name = f"seed {seed}: train {key}"
+        t = progress.start(name)
+        s = train(
+            config, arg, os.path.join(sd, key), {**common, "data.train_file": data, **(extra or {})}
+        )
+        trained[key] = s
+        progress.end(name, t)
+
+    aligned = shared["aligned_sampled"]
+    qa = lambda obj: ",".join(filter(None, [q, f"objective={obj}"]))
+    stage_train("aligner", "demo_aligner", qa("sft"), aligned)
+    stage_train(
+        "proposal_sft", "demo_proposal_sft", q, aligned, {"model.path": shared["proposal_dir"]}
+    )
+    for obj in plan.objectives:
+        stage_train(obj, "demo_aligner", qa(obj), aligned)
+    stage_train("corrector", "demo_corrector", q, shared["corrector_train"])
+
+    results, decoded = {}, {}
+
+    def stage_decode(method, proposal, aligner, mode, prompts=paths["eval"]):
+        name = f"seed {seed}: decode {method}"
+        t = progress.start(name)
+        out = os.path.join(gen_dir, f"{method}.json")
+        decoded[method] = generate(proposal, aligner, prompts, out, mode, seed)
+        progress.end(name, t)
+        return decoded[method]
+
+    export = lambda key: trained[key]["export_dir"]
+    stage_decode("proposal", shared["proposal_dir"], None, "proposal")
+    stage_decode("aligner", export("aligner"), None, "proposal")
+    stage_decode("proposal_sft", export("proposal_sft"), None, "proposal")
+    # The corrector rewrites the proposal's (already decoded) answers.
+    corr_prompts = os.path.join(sd, "corrector_prompts.jsonl")
+    write_jsonl(
+        corr_prompts,
+        [
+            {"instruction": CORRECTOR_DRAFT.format(question=e.question, draft=d)}
+            for e, d in zip(w.eval, decoded["proposal"].outputs, strict=True)
+        ],
+    )
+    stage_decode("corrector", export("corrector"), None, "proposal", corr_prompts)
+    for obj in plan.objectives:
+        for mode in plan.ram_modes[obj]:
+            method = f"ram_{mode}" if obj == "ram_sft" else f"{obj}_{mode}"
+            stage_decode(method, shared["proposal_dir"], export(obj), mode)
+
+    sampling_s = shared["sampling_seconds"]
+    for method, d in decoded.items():
+        m = score(d.outputs, w)
+        ttft, tps = d.ttft_seconds, d.tokens_per_second
+        if method == "corrector":
+            # Its first token waits for the proposal's whole answer.
+            p = decoded["proposal"]
+            ttft = p.batch_seconds + d.ttft_seconds
+            # Tokens the user receives per second of the two stages together.
+            tps = d.tokens_per_second * d.batch_seconds / (p.batch_seconds + d.batch_seconds)
+        key = {
+            "proposal": None,
+            "aligner": "aligner",
+            "proposal_sft": "proposal_sft",
+            "corrector": "corrector",
+        }.get(method, _objective_of(method))
+        train_s = trained[key]["seconds"] if key else 0.0
+        # Offline proposal samples are part of the cost of the methods that read them.
+        if key in ("ram_sft", "ram_mc", "corrector"):
+            train_s += sampling_s
+        m.update(
+            trainable_params=trained[key]["trainable_params"] if key else 0,
+            train_seconds=train_s,
+            ttft_seconds=ttft,
+            tokens_per_second=tps,
+        )
+        results[method] = m
+    write_atomic(os.path.join(sd, "metrics.json"), json.dumps(results, indent=1))
+    return results
+
+
+def _objective_of(method: str) -> str:
+    for obj in RAM_OBJECTIVES[1:]:
+        if method.startswith(obj + "_"):
+            return obj
+    return "ram_sft"
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def stage_costs(plan: Plan) -> list[tuple[str, float]]:
+    """Expected relative cost of each stage (seconds on 2 idle cores), for the ETA."""
+    stages = [
+        ("world", 2.0),
+        ("train proposal", 45.0 if plan.quick else 120.0),
+        ("sample proposal", 8.0),
+    ]
+    for s in range(plan.seeds):
+        stages += [(f"seed {s}: train aligner", 10.0), (f"seed {s}: train proposal_sft", 14.0)]
+        stages += [(f"seed {s}: train {o}", 10.0) for o in plan.objectives]
+        stages += [(f"seed {s}: train corrector", 12.0)]
+        for m in ("proposal", "aligner", "proposal_sft", "corrector"):
+            stages.append((f"seed {s}: decode {m}", 4.0))
+        for obj in plan.objectives:
+            for mode in plan.ram_modes[obj]:
+                method = f"ram_{mode}" if obj == "ram_sft" else f"{obj}_{mode}"
+                stages.append((f"seed {s}: decode {method}", 8.0 if "sir" in mode else 5.0))
+    return stages
+
+
+def run(plan: Plan) -> dict:
+    """The whole experiment; writes OUT/results.{json,md} and plots."""
+    from experiments.demo import report
+
+    t0 = time.time()
+    progress = Progress(stage_costs(plan))
+    t = progress.start("world")
+    shared = build_world(plan)
+    progress.end("world", t)
+    paths = shared["paths"]
+
+    t = progress.start("train proposal")
+    s = train(
+        "demo_proposal",
+        "quick" if plan.quick else None,
+        os.path.join(plan.out, "proposal"),
+        {
+            "tokenizer": paths["tokenizer"],
+            "data.train_file": paths["base"],
+            "seed": plan.world_seed,
+        },
+    )
+    shared["proposal_dir"] = s["export_dir"]
+    progress.end("train proposal", t)
+
+    t = progress.start("sample proposal")
+    sampled = os.path.join(plan.out, "world", "aligned_sampled.jsonl")
+    sample_proposal(
+        shared["proposal_dir"], paths["aligned"], sampled, plan.num_samples, seed=plan.world_seed
+    )
+    shared["sampling_seconds"] = time.time() - t
+    shared["aligned_sampled"] = sampled
+    shared["corrector_train"] = os.path.join(plan.out, "world", "corrector.jsonl")
+    write_jsonl(shared["corrector_train"], corrector_rows(read_jsonl(sampled), plan.num_samples))
+    progress.end("sample proposal", t)
+
+    per_seed = [run_seed(plan, s, shared, progress) for s in range(plan.seeds)]
+    info = {
+        "quick": plan.quick,
+        "seeds": plan.seeds,
+        "world_seed": plan.world_seed,
+        "wall_seconds": time.time() - t0,
+        "decode": {**DECODE, "num_candidates": NUM_CANDIDATES, "max_new_tokens": MAX_NEW_TOKENS},
+        "world": dataclasses.asdict(plan.world_spec),
+    }
+    results = report.write_results(plan.out, per_seed, info)
+    print(
+        f"done: {plan.seeds} seed(s) in {time.time() - t0:.0f}s; results in "
+        f"{os.path.join(plan.out, 'results.md')}",
+        flush=True,
+    )
+    return results
+
+
+def _run_generate(**flags_kw) -> Decoded:
+    """`python -m ram_jax.generate --k=v ...` in this process: its `run` on parsed flags.
+
+    absl flags are global, so they are reset to their defaults before each
+    parse (a flag absent from this call must not keep the previous call's value).
+    """
+    from absl import flags
+
+    from ram_jax import generate as gen
+
+    argv = ["ram_jax.generate"] + [f"--{k}={v}" for k, v in flags_kw.items() if v is not None]
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    metrics = gen.run(gen.sampling_from_flags())
+    with open(flags_kw["output"]) as f:
+        outputs = [r["output"] for r in json.load(f)]
+    batches = -(-metrics["num_prompts"] // metrics["batch_size"])
+    # One batch's whole answers: what a sequence-level corrector waits for.
+    warm_batches = max(batches - 1, 1)
+    warm_seconds = metrics["wall_seconds"] - (metrics["first_batch_seconds"] if batches > 1 else 0)
+    return Decoded(
+        outputs=outputs,
+        ttft_seconds=metrics["ttft_seconds"],
+        tokens_per_second=metrics["tokens_per_second"],
+        batch_seconds=warm_seconds / warm_batches,
+    )
+
+
+def sample_proposal(proposal: str, data: str, output: str, k: int, seed: int) -> None:
+    """`python -m ram_jax.sample_proposal`: K proposal samples per aligned prompt.
+
+    A subprocess: its absl flags share names with `ram_jax.generate`'s, so the
+    two cannot be defined in one interpreter.
+    """
+    from experiments.configs import demo_proposal
+
+    c = demo_proposal.get_config()
+    if os.path.exists(output):
+        os.remove(output)  # sample_proposal keeps an existing file; this run resamples
+    cmd = [
+        sys.executable, "-m", "ram_jax.sample_proposal",
+        f"--input={data}", f"--output={output}", f"--proposal={proposal}",
+        f"--num_samples={k}", f"--max_new_tokens={MAX_NEW_TOKENS}", "--batch_size=32",
+        f"--seed={seed}", f"--prompt_template={c.data.prompt_template}",
+        f"--max_prompt_length={c.data.max_prompt_length}", "--dtype=float32",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
