@@ -39,9 +39,13 @@ def model_config_dict(config: ModelConfig) -> dict:
     return d
 
 
-def make_meta(model_config: ModelConfig, train_config) -> dict:
-    """What must match between a checkpoint and the run restoring it."""
-    fields = {}
+def make_meta(model_config: ModelConfig, train_config, **extra) -> dict:
+    """What must match between a checkpoint and the run restoring it.
+
+    `extra` adds run facts beyond the config (e.g. the number of training
+    examples, which fixes the data order of every epoch).
+    """
+    fields = dict(extra)
     for path in STRUCTURAL_FIELDS:
         value = train_config
         for p in path:

@@ -126,7 +126,7 @@ def run(config, workdir: str) -> dict:
     optimizer, schedule = optim.from_config(config, steps)
     abstract = train.abstract_state(model.config, optimizer)
     shardings = train.state_shardings(abstract, mesh)
-    meta = ckpt.make_meta(model.config, config)
+    meta = ckpt.make_meta(model.config, config, train_examples=len(train_ex))
     checkpointer = ckpt.Checkpointer(workdir, keep=config.keep_checkpoints)
     iterator = data_lib.DataIterator(batches)
     if checkpointer.latest_step() is not None:
@@ -161,6 +161,11 @@ def run(config, workdir: str) -> dict:
         ref_shardings=ref_shardings,
     )
     eval_bs = config.eval_batch_size or per_micro
+    if eval_bs % row_shards:
+        raise ValueError(
+            f"eval_batch_size={eval_bs} must be divisible by the data x fsdp mesh size "
+            f"({row_shards})."
+        )
 
     def evaluate(params):
         if eval_ex is None:
