@@ -42,26 +42,10 @@ def _par_logits(p_BxV, q_BxV, cfg: S.SamplingConfig) -> jax.Array:
     return cfg.output_warper()(S.restrict(q_BxV, support_BxV))
 
 
-def _draw_candidates(keys_B, logits_BxV, n: int) -> jax.Array:
-    """n i.i.d. draws per row from softmax(logits), by inverse CDF.
-
-    One uniform and a binary search per candidate instead of a Gumbel over
-    the vocabulary per candidate. Zero-probability tokens own empty CDF
-    intervals, so they are never drawn (the clip guards float rounding at 1).
-    """
-    probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
-    cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
-    u_BxC = jax.vmap(lambda k: jax.random.uniform(k, (n,)))(keys_B) * cdf_BxV[:, -1:]
-    idx_BxC = jax.vmap(lambda c, u: jnp.searchsorted(c, u, side="right"))(cdf_BxV, u_BxC)
-    v = logits_BxV.shape[-1]
-    last_B = v - 1 - jnp.argmax(probs_BxV[:, ::-1] > 0, axis=-1)
-    return jnp.minimum(idx_BxC, last_B[:, None]).astype(jnp.int32)
-
-
 def _sir(keys_B, p_BxV, q_BxV, cfg: S.SamplingConfig) -> jax.Array:
     n = cfg.num_candidates
     draw_keys, pick_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys_B), 1, 0)
-    cand_BxC = _draw_candidates(draw_keys, cfg.proposal_warper()(p_BxV), n)
+    cand_BxC = S.draw_from_cdf(draw_keys, cfg.proposal_warper()(p_BxV), n)
     if cfg.temperature == 0:
         weights_BxC = jnp.take_along_axis(q_BxV, cand_BxC, axis=-1)
         pick_B = jnp.argmax(weights_BxC, axis=-1)

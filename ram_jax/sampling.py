@@ -242,10 +242,29 @@ def kl_divergence(p_logits_xV: jax.Array, q_logits_xV: jax.Array) -> jax.Array:
 
 
 def sample(keys_B: jax.Array, logits_BxV: jax.Array, greedy: bool) -> jax.Array:
-    """One token per row from `softmax(logits)` with that row's key (argmax if greedy)."""
+    """One token per row from `softmax(logits)` with that row's key (argmax if greedy).
+
+    Inverse-CDF sampling: one uniform per row and a binary search in the
+    cumulative probabilities, rather than a Gumbel variate per vocabulary
+    entry (on CPU, generating V random numbers per row costs more than a
+    decode step's matmuls). A removed token (-inf logit) has probability 0
+    and owns an empty CDF interval, so it is never drawn.
+    """
     if greedy:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    return jax.vmap(jax.random.categorical)(keys_B, logits_BxV).astype(jnp.int32)
+    return draw_from_cdf(keys_B, logits_BxV, 1)[:, 0]
+
+
+def draw_from_cdf(keys_B: jax.Array, logits_BxV: jax.Array, n: int) -> jax.Array:
+    """n i.i.d. tokens per row from softmax(logits), `[B, n]`, by inverse CDF."""
+    probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
+    cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
+    u_BxC = jax.vmap(lambda k: jax.random.uniform(k, (n,)))(keys_B) * cdf_BxV[:, -1:]
+    idx_BxC = jax.vmap(lambda c, u: jnp.searchsorted(c, u, side="right"))(cdf_BxV, u_BxC)
+    # Float rounding can put u at the very top: clip to the last token with mass.
+    v = logits_BxV.shape[-1]
+    last_B = v - 1 - jnp.argmax(probs_BxV[:, ::-1] > 0, axis=-1)
+    return jnp.minimum(idx_BxC, last_B[:, None]).astype(jnp.int32)
 
 
 def token_logprobs(logits_BxV: jax.Array, tokens_B: jax.Array) -> jax.Array:

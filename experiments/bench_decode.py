@@ -1,0 +1,346 @@
+r"""Decode benchmark: ram_jax's two-model scan vs the reference's per-token PyTorch loop.
+
+  python experiments/bench_decode.py [--quick]
+
+A "small" pair with a 32k vocabulary (random float32 weights; the timing does
+not depend on the values): proposal P, 8 layers of width 512 (~58M
+parameters); aligner Q, 2 layers of width 256 with tied embeddings (~10M).
+Prompt 128 tokens, 128 new tokens (`--quick`: 32 new, batches 1 and 32, fewer
+modes and torch tokens).
+
+Measured in one run, on whatever device JAX and torch find (CPU here):
+  ttft     prefill of each model plus the first sampled token (`stream`'s
+           first call), after compilation; median of repeats.
+  step     steady per-step time of the `lax.scan` (a chunk of max_new - 1
+           steps divided by its length); tokens/s = batch / step.
+  proposal_only / aligner_only: the decoder with one model (modes `proposal`
+           and `aligner` without the other model's params).
+  torch_reference: transformers LlamaForCausalLM copies of both models (the
+           same weights through save_hf / from_pretrained), batch 1, a Python
+           loop over tokens feeding both past_key_values, the par_kl warper in
+           torch per token (KL gate, P's nucleus, temperature, repetition
+           penalty, top-p), torch.multinomial.
+  aligner_style_ttft: a sequence-level corrector must wait for P's whole
+           answer: P decodes max_new tokens, then Q prefills prompt + answer and
+           emits its first token (both with our jitted decoder, batch 1).
+  matmul_peak: the best float32 GFLOP/s of jnp.dot over a few shapes (square
+           and the batch-32 decode step's skinny shapes), measured here.
+  peak_fraction: FLOPs per token (2 x matmul parameters of both models incl.
+           the LM heads + attention 4 x L x context x N x H) x tokens/s / peak.
+
+One JSON record per configuration, then a table; the last line is one JSON
+object with the headline ratios. Other processes on a shared machine make the
+absolute numbers noisy; the ratios come from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ram_jax import convert, stream
+from ram_jax.config import ModelConfig
+from ram_jax.sampling import SamplingConfig
+from ram_jax.transformer import abstract_params, count_params
+
+VOCAB = 32000
+PROPOSAL = ModelConfig(
+    vocab_size=VOCAB,
+    hidden_size=512,
+    intermediate_size=1408,
+    num_layers=8,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=64,
+    rope_theta=500_000.0,
+    max_position_embeddings=2048,
+)
+ALIGNER = PROPOSAL.replace(
+    hidden_size=256,
+    intermediate_size=704,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    tie_embeddings=True,
+)
+PAR_KL = SamplingConfig(
+    mode="par_kl",
+    temperature=0.7,
+    top_p=0.9,
+    proposal_temperature=0.5,
+    proposal_top_p=0.95,
+    repetition_penalty=1.05,
+    kl_threshold=0.1,
+    filter_order="top_p_first",
+)
+MODES = {
+    "proposal_only": (SamplingConfig(temperature=0.7, top_p=0.9), True, False),
+    "aligner_only": (SamplingConfig(mode="aligner", temperature=0.7, top_p=0.9), False, True),
+    "product": (PAR_KL.replace(mode="product"), True, True),
+    "par": (PAR_KL.replace(mode="par", eos_priority=True), True, True),
+    "par_kl": (PAR_KL, True, True),
+    "sir": (PAR_KL.replace(mode="sir", num_candidates=8), True, True),
+}
+
+
+def random_params(config: ModelConfig, seed: int):
+    """O(1)-logit random weights (normal 0.1, norms near 1), drawn on the host."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, x):
+        noise = rng.standard_normal(x.shape, np.float32)
+        return jnp.asarray(
+            1.0 + 0.2 * noise if "norm" in jax.tree_util.keystr(path) else 0.1 * noise
+        )
+
+    return jax.tree_util.tree_map_with_path(draw, abstract_params(config))
+
+
+def flops_per_token(config: ModelConfig, context: int) -> float:
+    params = count_params(abstract_params(config))
+    embed = config.vocab_size * config.hidden_size
+    matmul = params - (0 if config.tie_embeddings else embed)  # the tied head is a matmul
+    attention = 4 * config.num_layers * context * config.num_heads * config.head_dim
+    return 2.0 * matmul + attention
+
+
+def block(x):
+    return jax.tree.map(
+        lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x
+    )
+
+
+def matmul_peak(repeats=5) -> float:
+    best = 0.0
+    shapes = [(1024, 1024, 1024), (32, 512, 1408), (32, 512, VOCAB), (32, 1408, 512)]
+    for m, k, n in shapes:
+        a = jnp.ones((m, k), jnp.float32)
+        b = jnp.ones((k, n), jnp.float32)
+        f = jax.jit(lambda a, b: a @ b)
+        f(a, b).block_until_ready()
+        reps = max(1, int(2e9 / (2 * m * k * n)))
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                out = f(a, b)
+            out.block_until_ready()
+            best = max(best, reps * 2 * m * k * n / (time.perf_counter() - t0))
+    return best
+
+
+def bench_mode(name, models, batch, prompt, new, repeats):
+    sampling, use_p, use_q = MODES[name]
+    p_params = models[0] if use_p else None
+    q_params = models[1] if use_q else None
+    rng = np.random.default_rng(batch)
+    tokens = rng.integers(1, VOCAB, (batch, prompt)).astype(np.int32)
+    mask = np.ones((batch, prompt), bool)
+    keys = jax.random.split(jax.random.key(0), batch)
+    static = dict(
+        p_config=PROPOSAL if use_p else None,
+        q_config=ALIGNER if use_q else None,
+        vocab_size=VOCAB,
+        sampling=sampling,
+        eos_ids=(),
+        pad_id=0,
+    )
+    slots = prompt + new
+    t0 = time.perf_counter()
+    state, _ = block(stream._start(p_params, q_params, tokens, mask, keys, slots=slots, **static))
+    block(stream._continue(state, p_params, q_params, keys, 1, chunk=new - 1, **static))
+    compile_s = time.perf_counter() - t0
+    ttfts, steps = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, out = stream._start(p_params, q_params, tokens, mask, keys, slots=slots, **static)
+        np.asarray(out["tokens"])  # the first token reaches the host
+        ttfts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        block(stream._continue(state, p_params, q_params, keys, 1, chunk=new - 1, **static))
+        steps.append((time.perf_counter() - t0) / (new - 1))
+    step = statistics.median(steps)
+    return {
+        "config": f"{name}_b{batch}",
+        "mode": name,
+        "batch": batch,
+        "prompt": prompt,
+        "new_tokens": new,
+        "ttft_s": statistics.median(ttfts),
+        "step_s": step,
+        "tokens_per_s": batch / step,
+        "compile_s": compile_s,
+    }
+
+
+def bench_aligner_style(models, prompt, new):
+    """TTFT of a sequence-level corrector: P's full answer, then Q's prefill + first token."""
+    tokens = np.random.default_rng(0).integers(1, VOCAB, (1, prompt)).astype(np.int32)
+    keys = jax.random.split(jax.random.key(1), 1)
+    p_static = dict(
+        p_config=PROPOSAL,
+        q_config=None,
+        vocab_size=VOCAB,
+        sampling=MODES["proposal_only"][0],
+        eos_ids=(),
+        pad_id=0,
+    )
+    q_static = dict(
+        p_config=None,
+        q_config=ALIGNER,
+        vocab_size=VOCAB,
+        sampling=MODES["aligner_only"][0],
+        eos_ids=(),
+        pad_id=0,
+    )
+    full = np.concatenate([tokens, tokens[:, :new]], axis=1)
+    mask, full_mask = np.ones_like(tokens, bool), np.ones_like(full, bool)
+
+    def once():
+        t0 = time.perf_counter()
+        state, first = stream._start(
+            models[0], None, tokens, mask, keys, slots=prompt + new, **p_static
+        )
+        _, rest = stream._continue(state, models[0], None, keys, 1, chunk=new - 1, **p_static)
+        answer = np.concatenate([np.asarray(first["tokens"]).T, np.asarray(rest["tokens"]).T], 1)
+        full[:, prompt:] = answer
+        _, out = stream._start(
+            None, models[1], full, full_mask, keys, slots=prompt + new + 1, **q_static
+        )
+        np.asarray(out["tokens"])
+        return time.perf_counter() - t0
+
+    once()  # compile
+    return statistics.median(once() for _ in range(3))
+
+
+def bench_torch_reference(models, prompt, new):
+    """The reference loop: batch 1, both HF models' past_key_values, par_kl warper in torch."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = []
+        for name, params, config in (("p", models[0], PROPOSAL), ("q", models[1], ALIGNER)):
+            convert.save_hf(params, config, os.path.join(tmp, name))
+            hf.append(
+                transformers.AutoModelForCausalLM.from_pretrained(
+                    os.path.join(tmp, name), dtype=torch.float32
+                ).eval()
+            )
+    s = PAR_KL
+
+    def top_p(logits, p):
+        sorted_logits, idx = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, -1)
+        remove = (torch.cumsum(probs, -1) - probs) >= p
+        return logits.masked_fill(remove.scatter(-1, idx, remove), -float("inf"))
+
+    def warp(logits, seen):
+        logits = logits / s.temperature
+        score = torch.gather(logits, 1, seen)
+        score = torch.where(score < 0, score * s.repetition_penalty, score / s.repetition_penalty)
+        logits = logits.scatter(1, seen, score)
+        return top_p(logits, s.top_p)
+
+    ids = torch.from_numpy(np.random.default_rng(0).integers(1, VOCAB, (1, prompt)))
+
+    @torch.inference_mode()
+    def run(n):
+        out_p, out_q = hf[0](input_ids=ids, use_cache=True), hf[1](input_ids=ids, use_cache=True)
+        seen, t_first = ids, None
+        t0 = time.perf_counter()
+        for _ in range(n):
+            p, q = out_p.logits[:, -1], out_q.logits[:, -1]
+            lp, lq = torch.log_softmax(p, -1), torch.log_softmax(q, -1)
+            kl = torch.sum(lp.exp() * (lp - lq), -1)
+            if kl.item() <= s.kl_threshold:
+                nucleus = top_p(p / s.proposal_temperature, s.proposal_top_p)
+                chosen = q.masked_fill(torch.isinf(nucleus), -float("inf"))
+            else:
+                chosen = p
+            tok = torch.multinomial(torch.softmax(warp(chosen, seen), -1), 1)
+            if t_first is None:
+                t_first = time.perf_counter() - t0
+            seen = torch.cat([seen, tok], 1)
+            out_p = hf[0](input_ids=tok, past_key_values=out_p.past_key_values, use_cache=True)
+            out_q = hf[1](input_ids=tok, past_key_values=out_q.past_key_values, use_cache=True)
+        return n / (time.perf_counter() - t0)
+
+    run(4)  # warm-up
+    return run(new)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="reduced run, under 2 minutes")
+    args = parser.parse_args()
+    prompt = 128
+    new = 32 if args.quick else 128
+    batches = (1, 32) if args.quick else (1, 8, 32)
+    modes = ("proposal_only", "aligner_only", "par_kl") if args.quick else tuple(MODES)
+    repeats = 2 if args.quick else 3
+    models = (random_params(PROPOSAL, 0), random_params(ALIGNER, 1))
+    sizes = {"proposal_params": count_params(models[0]), "aligner_params": count_params(models[1])}
+    print(json.dumps({"device": str(jax.devices()[0]), **sizes}), flush=True)
+    peak = matmul_peak()
+    print(json.dumps({"config": "matmul_peak", "gflops": peak / 1e9}), flush=True)
+    records = {}
+    for batch in batches:
+        for name in modes:
+            if args.quick and batch == 1 and name == "aligner_only":
+                continue
+            r = bench_mode(name, models, batch, prompt, new, repeats)
+            context = prompt + new // 2
+            fpt = sum(
+                flops_per_token(c, context)
+                for c, use in ((PROPOSAL, MODES[name][1]), (ALIGNER, MODES[name][2]))
+                if use
+            )
+            r["peak_fraction"] = fpt * r["tokens_per_s"] / peak
+            records[r["config"]] = r
+            print(json.dumps(r), flush=True)
+    torch_tps = bench_torch_reference(models, prompt, 32 if args.quick else new)
+    print(json.dumps({"config": "torch_reference_par_kl_b1", "tokens_per_s": torch_tps}))
+    style = bench_aligner_style(models, prompt, new)
+    print(json.dumps({"config": "aligner_style_b1", "ttft_s": style}))
+
+    print(f"\n{'config':<20}{'ttft ms':>10}{'step ms':>10}{'tok/s':>10}{'peak':>8}")
+    for r in records.values():
+        print(
+            f"{r['config']:<20}{1e3 * r['ttft_s']:>10.1f}{1e3 * r['step_s']:>10.2f}"
+            f"{r['tokens_per_s']:>10.1f}{r['peak_fraction']:>8.2f}"
+        )
+    print(f"{'torch_reference_b1':<20}{'':>10}{1e3 / torch_tps:>10.2f}{torch_tps:>10.1f}")
+    print(f"{'aligner_style_b1':<20}{1e3 * style:>10.1f}")
+    b32 = records["par_kl_b32"]
+    summary = {
+        "par_kl_b32_vs_torch_reference": b32["tokens_per_s"] / torch_tps,
+        "par_kl_b32_peak_fraction": b32["peak_fraction"],
+        "par_kl_vs_model_steps": (
+            records["proposal_only_b32"]["step_s"] + records["aligner_only_b32"]["step_s"]
+        )
+        / b32["step_s"],
+        "ttft_par_kl_vs_proposal_only": (
+            records["par_kl_b1"]["ttft_s"] / records["proposal_only_b1"]["ttft_s"]
+        ),
+        "ttft_aligner_style_vs_par_kl": style / records["par_kl_b1"]["ttft_s"],
+        "par_kl_b32_tokens_per_s": b32["tokens_per_s"],
+        "torch_reference_tokens_per_s": torch_tps,
+        "matmul_peak_gflops": peak / 1e9,
+        "quick": args.quick,
+        **sizes,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
