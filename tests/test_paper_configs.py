@@ -21,7 +21,7 @@ ROW_FILES = sorted(
     f[:-3]
     for f in os.listdir(PAPER_DIR)
     if f.endswith(".py")
-    and f not in ("__init__.py", "rows.py", "reproduce.py", "check_plan_gpu.py")
+    and f not in ("__init__.py", "rows.py", "reproduce.py", "stages.py", "check_plan_gpu.py")
 )
 # Real parameter counts of the paper's checkpoints (their HF model cards / safetensors).
 PARAMS = {
