@@ -49,9 +49,11 @@ if [[ $CREATE == 1 ]]; then
 fi
 if [[ $INSTALL == 1 ]]; then
   ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-  run "${GC[@]}" scp --recurse "$ROOT" "$NAME:~/ram_jax" --worker=all "${WHERE[@]}"
+  # The tracked sources only (no .venv, no runs/), as one archive.
+  run git -C "$ROOT" archive --format=tar.gz -o /tmp/ram_jax_src.tgz HEAD
+  run "${GC[@]}" scp /tmp/ram_jax_src.tgz "$NAME:/tmp/ram_jax_src.tgz" --worker=all "${WHERE[@]}"
   run "${GC[@]}" ssh "$NAME" --worker=all "${WHERE[@]}" \
-    --command="cd ~/ram_jax && python3 -m pip install -q -e . 'jax[tpu]'"
+    "--command=mkdir -p ~/ram_jax && tar -xzf /tmp/ram_jax_src.tgz -C ~/ram_jax && cd ~/ram_jax && python3 -m pip install -q -e . 'jax[tpu]'"
 fi
 if [[ $# -gt 0 ]]; then
   CMD="cd ~/ram_jax && LIBTPU_INIT_ARGS='$LIBTPU_INIT_ARGS' $(printf '%q ' "$@")"

@@ -242,7 +242,8 @@ def test_wrappers_dry_run_and_usage(tmp_path):
     )
     lines = out.splitlines()
     assert lines[0].startswith("gcloud compute tpus tpu-vm create n --zone=z")
-    assert all("--worker=all" in line for line in lines[1:]) and "LIBTPU_INIT_ARGS" in lines[-1]
+    assert lines[1].startswith("git -C") and " archive " in lines[1]  # tracked sources only
+    assert all("--worker=all" in line for line in lines[2:]) and "LIBTPU_INIT_ARGS" in lines[-1]
     out = _run("launch/slurm.sbatch", "python", "-m", "ram_jax.main", env={**ENV, "DRY_RUN": "1"})
     assert "srun --ntasks-per-node=1" in out
     for script in ("launch/gpu.sh", "launch/tpu_vm.sh", "launch/reproduce.sh"):

@@ -18,7 +18,9 @@ Rows: `prompt` is the conversation up to and including the last
 "\\n\\nAssistant:", `chosen` / `rejected` the two final responses (they keep
 their leading space). A pair whose two conversations differ before the last
 response cannot be a preference between responses; such pairs are dropped
-and counted (a known quirk of a few HH rows).
+and counted (a known quirk of a few HH rows; the reference instead cuts the
+rejected text at the chosen prompt's length, pairing it with a response to a
+different conversation, so its count can exceed ours by those rows).
 """
 
 from __future__ import annotations

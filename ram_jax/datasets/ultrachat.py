@@ -12,7 +12,8 @@ Config `first_round` keeps every conversation. Config `first_round_120k`
 applies the reference's selection: shuffle (here with a fixed seed), keep a
 row when its templated prompt "\\n\\nHuman: {x}\\n\\nAssistant: " has at most
 1024 tokens and its response at most 2048 - 1024 - 1 = 1023 tokens, stop at
-120,000 rows. Token counts need the proposal's tokenizer: pass
+120,000 rows. Token counts need a tokenizer (the reference counted with Qwen2.5-14B's for
+both families; `reproduce.sh` uses each row's proposal tokenizer): pass
 `tokenizer=PATH` (a tokenizer.json or an HF model directory) to the builder
 or `--tokenizer` to `ram_jax.datasets.prepare`.
 """
