@@ -4,13 +4,14 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 
 from experiments.paper import rows as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "CKPT": "/ckpt", "DATA": "/data", "OUT": "/out"}
+ENV = {**os.environ, "CKPT": "/ckpt", "DATA": "/data", "OUT": "/out", "PYTHON": sys.executable}
 
 # Hand-written from RAM.md sections 2-3 (not read from the configs under test).
 ALIGNER_T = {  # (family, task) -> (aligner T, proposal T_P)
