@@ -1,6 +1,6 @@
 r"""The embedded end-to-end RAM experiment: `python -m experiments.demo`.
 
-  python -m experiments.demo [--out=runs/demo] [--quick] [--seeds=3]
+  python -m experiments.demo [--out=runs/demo] [--quick] [--seeds=3] [--world_seed=0]
 
 Builds a synthetic world, pre-trains a proposal on it, trains a residual
 aligner (ram_sft, ram_dpo, ram_mc) and the baselines (proposal alone, small
@@ -17,6 +17,9 @@ from absl import app, flags, logging
 _OUT = flags.DEFINE_string("out", "runs/demo", "Run directory (created; reruns overwrite).")
 _QUICK = flags.DEFINE_bool("quick", False, "CI-sized run: smaller world, fewer steps and modes.")
 _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds to average over (default: 1 quick, 3 full).")
+_WORLD_SEED = flags.DEFINE_integer(
+    "world_seed", 0, "Seed of the world and the proposal (built once per run)."
+)
 _CACHE = flags.DEFINE_string(
     "compilation_cache",
     os.path.join(os.path.expanduser("~"), ".cache", "ram_jax", "jax_compilation_cache"),
@@ -41,7 +44,8 @@ def main(argv):
     from experiments.demo import pipeline
 
     seeds = _SEEDS.value if _SEEDS.value is not None else (1 if _QUICK.value else 3)
-    pipeline.run(pipeline.Plan.make(_OUT.value, _QUICK.value, seeds))
+    plan = pipeline.Plan.make(_OUT.value, _QUICK.value, seeds, world_seed=_WORLD_SEED.value)
+    pipeline.run(plan)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,7 @@
              ram_dpo, ram_mc) and the `corrector` (`ram_jax.main`'s run);
              decode every method (`ram_jax.generate`); score.
 
-The entry points run in this process (the functions their CLIs call, with the
-configs loaded from the same files and fields overridden as `--config.x=y`
-would), because on 2 CPU cores a fresh interpreter per stage (imports plus
-compilation) would cost more than most stages. The proposal and its offline
+How each entry point is called: `entry_points.py`. The proposal and its offline
 samples are built once per run, like the paper's frozen base LLM; each seed
 retrains everything trained on the aligned set and redraws every decode.
 """
@@ -19,19 +16,23 @@ retrains everything trained on the aligned set and redraws every decode.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 
 from experiments.demo import scorers
 from experiments.demo import world as world_lib
+from experiments.demo.entry_points import (
+    DECODE,
+    MAX_NEW_TOKENS,
+    NUM_CANDIDATES,
+    generate,
+    sample_proposal,
+    train,
+)
 from experiments.demo.report import write_atomic
 
-CONFIGS = "experiments.configs"
 RAM_OBJECTIVES = ("ram_sft", "ram_dpo", "ram_mc")
 CORRECTOR_DRAFT = "{question}\n\nDraft: {draft}"
 
@@ -49,7 +50,7 @@ class Plan:
     num_samples: int = 4  # proposal samples per aligned prompt (ram_mc's K)
 
     @staticmethod
-    def make(out: str, quick: bool, seeds: int) -> Plan:
+    def make(out: str, quick: bool, seeds: int, world_seed: int = 0) -> Plan:
         if seeds < 1:
             raise ValueError(f"--seeds={seeds}: need at least one seed.")
         if quick:
@@ -58,7 +59,7 @@ class Plan:
             # `aligner`: the residual aligner decoded alone, a diagnostic.
             all_modes = ("product", "par", "par_kl", "sir", "seq_sir", "aligner")
             modes = {"ram_sft": all_modes, "ram_dpo": ("product",), "ram_mc": ("product",)}
-        return Plan(out=out, quick=quick, seeds=seeds, ram_modes=modes)
+        return Plan(out=out, quick=quick, seeds=seeds, world_seed=world_seed, ram_modes=modes)
 
     @property
     def world_spec(self) -> world_lib.WorldSpec:
@@ -101,48 +102,6 @@ def write_jsonl(path: str, rows) -> None:
 def read_jsonl(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def load_config(name: str, arg: str | None, overrides: dict):
-    """`get_config(arg)` of experiments/configs/NAME.py with dotted-field overrides,
-    as `--config=FILE:arg --config.a.b=v` gives the CLI."""
-    config = importlib.import_module(f"{CONFIGS}.{name}").get_config(arg)
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
-
-
-def train(name: str, arg: str | None, workdir: str, overrides: dict) -> dict:
-    """One `python -m ram_jax.main --config=...:arg --workdir=...` run, in process."""
-    from ram_jax import train_loop
-
-    config = load_config(name, arg, overrides)
-    summary = train_loop.run(config, workdir)
-    summary["trainable_params"] = _param_count(summary["export_dir"])
-    return summary
-
-
-def _param_count(export_dir: str) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    for f in sorted(os.listdir(export_dir)):
-        if f.endswith(".safetensors"):
-            with safe_open(os.path.join(export_dir, f), "numpy") as st:
-                for k in st.keys():
-                    total += int(st.get_slice(k).get_shape() and _prod(st.get_slice(k).get_shape()))
-    return total
-
-
-def _prod(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 # ----------------------------------------------------------------------------- world
@@ -215,44 +174,6 @@ def corrector_rows(aligned_sampled: list[dict], k: int) -> list[dict]:
 
 def score(outputs: list[str], w: world_lib.World, finished=None) -> dict:
     return scorers.score_answers(outputs, w.eval, w.values, finished)
-
-
-# ----------------------------------------------------------------------------- decoding
-
-
-@dataclasses.dataclass(frozen=True)
-class Decoded:
-    """A method's answers and `ram_jax.generate`'s timings (compilation excluded)."""
-
-    outputs: list[str]
-    ttft_seconds: float  # median over batches: prompt in, first token out
-    tokens_per_second: float
-    batch_seconds: float  # mean wall time of one batch's whole answers
-
-
-DECODE = dict(temperature=0.7, proposal_temperature=0.7, top_p=0.95, proposal_top_p=0.95)
-NUM_CANDIDATES = 8
-MAX_NEW_TOKENS = 32
-BATCH_SIZE = 16
-
-
-def generate(
-    proposal: str, aligner: str | None, prompts_file: str, output: str, mode: str, seed: int
-) -> Decoded:
-    """One `python -m ram_jax.generate` run; see `_run_generate`."""
-    return _run_generate(
-        proposal=proposal,
-        aligner=aligner,
-        prompts=prompts_file,
-        output=output,
-        mode=mode,
-        seed=seed,
-        template="human_assistant",
-        batch_size=BATCH_SIZE,
-        num_candidates=NUM_CANDIDATES,
-        max_new_tokens=MAX_NEW_TOKENS,
-        **DECODE,
-    )
 
 
 # ----------------------------------------------------------------------------- a seed
@@ -429,54 +350,3 @@ def run(plan: Plan) -> dict:
         flush=True,
     )
     return results
-
-
-def _run_generate(**flags_kw) -> Decoded:
-    """`python -m ram_jax.generate --k=v ...` in this process: its `run` on parsed flags.
-
-    absl flags are global, so they are reset to their defaults before each
-    parse (a flag absent from this call must not keep the previous call's value).
-    """
-    from absl import flags
-
-    from ram_jax import generate as gen
-
-    argv = ["ram_jax.generate"] + [f"--{k}={v}" for k, v in flags_kw.items() if v is not None]
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
-    metrics = gen.run(gen.sampling_from_flags())
-    with open(flags_kw["output"]) as f:
-        outputs = [r["output"] for r in json.load(f)]
-    batches = -(-metrics["num_prompts"] // metrics["batch_size"])
-    # One batch's whole answers: what a sequence-level corrector waits for.
-    warm_batches = max(batches - 1, 1)
-    warm_seconds = metrics["wall_seconds"] - (metrics["first_batch_seconds"] if batches > 1 else 0)
-    return Decoded(
-        outputs=outputs,
-        ttft_seconds=metrics["ttft_seconds"],
-        tokens_per_second=metrics["tokens_per_second"],
-        batch_seconds=warm_seconds / warm_batches,
-    )
-
-
-def sample_proposal(proposal: str, data: str, output: str, k: int, seed: int) -> None:
-    """`python -m ram_jax.sample_proposal`: K proposal samples per aligned prompt.
-
-    A subprocess: its absl flags share names with `ram_jax.generate`'s, so the
-    two cannot be defined in one interpreter.
-    """
-    from experiments.configs import demo_proposal
-
-    c = demo_proposal.get_config()
-    if os.path.exists(output):
-        os.remove(output)  # sample_proposal keeps an existing file; this run resamples
-    cmd = [
-        sys.executable, "-m", "ram_jax.sample_proposal",
-        f"--input={data}", f"--output={output}", f"--proposal={proposal}",
-        f"--num_samples={k}", f"--max_new_tokens={MAX_NEW_TOKENS}", "--batch_size=32",
-        f"--seed={seed}", f"--prompt_template={c.data.prompt_template}",
-        f"--max_prompt_length={c.data.max_prompt_length}", "--dtype=float32",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")

@@ -103,24 +103,25 @@ def plot(means: dict, stds: dict, out_dir: str) -> list[str]:
 
     paths = []
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    placed: list[tuple[float, float]] = []
     for name, m in means.items():
         s = stds[name]
+        x, y = m["style_compliance"], m["factual_accuracy"]
         is_ram = name.startswith("ram_")
         ax.errorbar(
-            m["style_compliance"],
-            m["factual_accuracy"],
+            x,
+            y,
             xerr=s["style_compliance"],
             yerr=s["factual_accuracy"],
             fmt="o" if is_ram else "s",
             color="tab:blue" if is_ram else "tab:gray",
             capsize=3,
         )
+        # Methods often land on the same point: stack their labels downwards.
+        clashes = sum(abs(x - px) < 0.06 and abs(y - py) < 0.04 for px, py in placed)
+        placed.append((x, y))
         ax.annotate(
-            name,
-            (m["style_compliance"], m["factual_accuracy"]),
-            fontsize=7,
-            xytext=(4, 3),
-            textcoords="offset points",
+            name, (x, y), fontsize=7, xytext=(5, 3 - 9 * clashes), textcoords="offset points"
         )
     ax.set_xlim(-0.05, 1.1)
     ax.set_ylim(-0.05, 1.1)
@@ -169,8 +170,12 @@ def write_results(out_dir: str, per_seed: Sequence[dict], info: dict) -> dict:
         markdown_table(means, stds, n),
         "",
         "style: fraction of answers in the target (polite) style; accuracy: fraction stating "
-        "the true attribute of an entity absent from the aligned set; TTFT: seconds to the "
-        "first answer token for a batch (the corrector's includes the proposal's whole answer).",
+        "the true attribute of an entity absent from the aligned set; well-formed: parses as "
+        "exactly one answer template; trainable params and train s: the alignment step only "
+        "(proposal pre-training is shared; proposal-sampling time is charged to the methods "
+        "that read the samples); TTFT: median seconds from a batch of prompts to its first "
+        "token (the corrector's includes the proposal's whole answer); tokens/s: steady "
+        "decoding rate. Timings exclude compilation.",
         "",
         *[f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots],
         "",

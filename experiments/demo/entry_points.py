@@ -1,0 +1,144 @@
+"""How the experiment calls ram_jax's entry points, in this process where it can.
+
+Training is `ram_jax.train_loop.run(config, workdir)`, the function behind
+`python -m ram_jax.main`, on the config that `--config=FILE:arg
+--config.a.b=v` would load; decoding is `ram_jax.generate.run` on parsed
+flags, as `python -m ram_jax.generate` does. On 2 CPU cores a fresh
+interpreter per stage (imports plus compilation) would cost more than most
+stages. Proposal sampling runs `python -m ram_jax.sample_proposal` as a
+subprocess, once per run: its absl flags share names with
+`ram_jax.generate`'s, so both cannot be defined in one interpreter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+CONFIGS = "experiments.configs"
+
+
+def load_config(name: str, arg: str | None, overrides: dict):
+    """`get_config(arg)` of experiments/configs/NAME.py with dotted-field overrides,
+    as `--config=FILE:arg --config.a.b=v` gives the CLI."""
+    config = importlib.import_module(f"{CONFIGS}.{name}").get_config(arg)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def train(name: str, arg: str | None, workdir: str, overrides: dict) -> dict:
+    """One `python -m ram_jax.main --config=...:arg --workdir=...` run, in process."""
+    from ram_jax import train_loop
+
+    config = load_config(name, arg, overrides)
+    summary = train_loop.run(config, workdir)
+    summary["trainable_params"] = _param_count(summary["export_dir"])
+    return summary
+
+
+def _param_count(export_dir: str) -> int:
+    """Parameters in an HF export, read from the safetensors headers (tied weights once)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(os.listdir(export_dir)):
+        if f.endswith(".safetensors"):
+            with safe_open(os.path.join(export_dir, f), "numpy") as st:
+                total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """A method's answers and `ram_jax.generate`'s timings (compilation excluded)."""
+
+    outputs: list[str]
+    ttft_seconds: float  # median over batches: prompt in, first token out
+    tokens_per_second: float
+    batch_seconds: float  # mean wall time of one batch's whole answers
+
+
+DECODE = dict(temperature=0.7, proposal_temperature=0.7, top_p=0.95, proposal_top_p=0.95)
+NUM_CANDIDATES = 8
+MAX_NEW_TOKENS = 32
+BATCH_SIZE = 16
+
+
+def generate(
+    proposal: str, aligner: str | None, prompts_file: str, output: str, mode: str, seed: int
+) -> Decoded:
+    """One `python -m ram_jax.generate` run; see `_run_generate`."""
+    return _run_generate(
+        proposal=proposal,
+        aligner=aligner,
+        prompts=prompts_file,
+        output=output,
+        mode=mode,
+        seed=seed,
+        template="human_assistant",
+        batch_size=BATCH_SIZE,
+        num_candidates=NUM_CANDIDATES,
+        max_new_tokens=MAX_NEW_TOKENS,
+        **DECODE,
+    )
+
+
+def _run_generate(**flags_kw) -> Decoded:
+    """`python -m ram_jax.generate --k=v ...` in this process: its `run` on parsed flags.
+
+    absl flags are global, so they are reset to their defaults before each
+    parse (a flag absent from this call must not keep the previous call's value).
+    """
+    from absl import flags
+
+    from ram_jax import generate as gen
+
+    argv = ["ram_jax.generate"] + [f"--{k}={v}" for k, v in flags_kw.items() if v is not None]
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    metrics = gen.run(gen.sampling_from_flags())
+    with open(flags_kw["output"]) as f:
+        outputs = [r["output"] for r in json.load(f)]
+    batches = -(-metrics["num_prompts"] // metrics["batch_size"])
+    # One batch's whole answers: what a sequence-level corrector waits for.
+    warm_batches = max(batches - 1, 1)
+    warm_seconds = metrics["wall_seconds"] - (metrics["first_batch_seconds"] if batches > 1 else 0)
+    return Decoded(
+        outputs=outputs,
+        ttft_seconds=metrics["ttft_seconds"],
+        tokens_per_second=metrics["tokens_per_second"],
+        batch_seconds=warm_seconds / warm_batches,
+    )
+
+
+def sample_proposal(proposal: str, data: str, output: str, k: int, seed: int) -> None:
+    """`python -m ram_jax.sample_proposal`: K proposal samples per aligned prompt.
+
+    A subprocess: its absl flags share names with `ram_jax.generate`'s, so the
+    two cannot be defined in one interpreter.
+    """
+    from experiments.configs import demo_proposal
+
+    c = demo_proposal.get_config()
+    if os.path.exists(output):
+        os.remove(output)  # sample_proposal keeps an existing file; this run resamples
+    cmd = [
+        sys.executable, "-m", "ram_jax.sample_proposal",
+        f"--input={data}", f"--output={output}", f"--proposal={proposal}",
+        f"--num_samples={k}", f"--max_new_tokens={MAX_NEW_TOKENS}", "--batch_size=32",
+        f"--seed={seed}", f"--prompt_template={c.data.prompt_template}",
+        f"--max_prompt_length={c.data.max_prompt_length}", "--dtype=float32",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
