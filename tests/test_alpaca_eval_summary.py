@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 
 from experiments import alpaca_eval_summary as S
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _rec(pref, len_ref, len_model, model="ram"):
@@ -72,6 +75,7 @@ def test_cli_and_bad_files(tmp_path):
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=ROOT,
     )
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)

@@ -1,5 +1,6 @@
 """Memory planner: exact parameter / optimizer bytes against hand counts, stated formulas."""
 
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ from ram_jax import optim, plan
 from ram_jax.config import get_preset
 
 FSDP8 = plan.abstract_mesh(fsdp=8)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _schedule():
@@ -119,6 +121,6 @@ def test_cli_plans_a_paper_config():
         "--config=experiments/paper/uc_llama8b_wup_ram1b.py:stage=aligner",
         "--device=v5e-8",
     ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "params                  0.6 GiB" in res.stdout and "-> fits" in res.stdout
