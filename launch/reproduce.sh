@@ -5,6 +5,7 @@
 #   launch/reproduce.sh --list                      # the row names
 #   launch/reproduce.sh ROW --dry_run               # print every command, run nothing
 #   CKPT=/ckpt DATA=/data OUT=/runs launch/reproduce.sh ROW [--launcher='launch/gpu.sh']
+#   launch/reproduce.sh ROW --runlocal              # the row in miniature on a CPU (~2 min)
 #
 #   CKPT  HF model directories Llama-3.1-8B, Llama-3.2-1B, Qwen2.5-14B, Qwen2.5-3B
 #   DATA  the datasets' manual directories hh-rlhf/, tldr/, ultrachat/, alpaca_eval/
@@ -19,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $# -eq 0 || "$1" == "-h" || "$1" == "--help" ]]; then
-  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 PY="${PYTHON:-}"
