@@ -99,6 +99,7 @@ def sample_file(
     vocab = tokenizer_length(tokenizer)
     eos = eos_token_ids(tokenizer, p_config)
     partial = output_path + PARTIAL
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     start = _done_rows(partial, batch_size)
     base_key = jax.random.key(seed)
     bar = tqdm(total=len(rows), initial=start, desc="sample", unit="prompt")
