@@ -1,8 +1,10 @@
 """The explicit key/value cache pytree shared by every decoder call.
 
-Layout (one for all models): `k` and `v` are `[L, B, S, K, H]` stacked over
-layers; slot `s` of every row holds the token fed at decoding time step `s`,
-so all rows advance together. Rows are left padded: `valid_BxS` marks which
+Layout (one for all models): `k` and `v` are `[L, B, K, S, H]` stacked over
+layers (slots next to the head dim, so a decode step's attention is a plain
+batched matmul over (B, K) without transposing the cache); slot `s` of
+every row holds the token fed at decoding time step `s`, so all rows advance
+together. Rows are left padded: `valid_BxS` marks which
 slots hold real tokens, and `index` is the next slot to write. A token's RoPE
 position is the number of real tokens before it in its row, so left padding
 does not shift positions.
@@ -23,14 +25,14 @@ from ram_jax.config import ModelConfig
 class KVCache:
     """Per-layer keys and values, slot validity and the write index."""
 
-    k_LxBxSxKxH: jax.Array
-    v_LxBxSxKxH: jax.Array
+    k_LxBxKxSxH: jax.Array
+    v_LxBxKxSxH: jax.Array
     valid_BxS: jax.Array
     index: jax.Array
 
     @property
     def max_length(self) -> int:
-        return self.k_LxBxSxKxH.shape[2]
+        return self.k_LxBxKxSxH.shape[3]
 
     def lengths(self) -> jax.Array:
         """Real tokens held per row, shape [B]."""
@@ -39,11 +41,11 @@ class KVCache:
 
 def init_cache(config: ModelConfig, batch: int, max_length: int, dtype=None) -> KVCache:
     """An empty cache for `batch` rows and `max_length` slots (compute dtype by default)."""
-    shape = (config.num_layers, batch, max_length, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch, config.num_kv_heads, max_length, config.head_dim)
     dtype = dtype or config.jnp_dtype
     return KVCache(
-        k_LxBxSxKxH=jnp.zeros(shape, dtype),
-        v_LxBxSxKxH=jnp.zeros(shape, dtype),
+        k_LxBxKxSxH=jnp.zeros(shape, dtype),
+        v_LxBxKxSxH=jnp.zeros(shape, dtype),
         valid_BxS=jnp.zeros((batch, max_length), bool),
         index=jnp.zeros((), jnp.int32),
     )

@@ -74,28 +74,30 @@ class Attention(nnx.Module):
         q = apply_rope(self.q_proj(x_BxTxD).reshape(b, t, n, h), positions_BxT, inv_freq)
         new_k = apply_rope(self.k_proj(x_BxTxD).reshape(b, t, k, h), positions_BxT, inv_freq)
         new_v = self.v_proj(x_BxTxD).reshape(b, t, k, h)
+        # [B, K, S, H]: the cache layout, so cached keys need no transpose.
+        new_k, new_v = new_k.transpose(0, 2, 1, 3), new_v.transpose(0, 2, 1, 3)
         if kv is None:
-            keys_BxSxKxH, values_BxSxKxH = new_k, new_v
+            keys_BxKxSxH, values_BxKxSxH = new_k, new_v
         else:
             # Write this block's keys/values into the stacked cache in place,
             # then read the layer's full history back for attention.
             k_all, v_all, index = kv
-            start = (layer, 0, index, 0, 0)
+            start = (layer, 0, 0, index, 0)
             k_all = jax.lax.dynamic_update_slice(k_all, new_k[None].astype(k_all.dtype), start)
             v_all = jax.lax.dynamic_update_slice(v_all, new_v[None].astype(v_all.dtype), start)
-            keys_BxSxKxH = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
-            values_BxSxKxH = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
+            keys_BxKxSxH = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
+            values_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
             kv = (k_all, v_all, index)
         q_BxTxKxGxH = q.reshape(b, t, k, n // k, h)
         scores = jnp.einsum(
-            "btkgh,bskh->bkgts",
+            "btkgh,bksh->bkgts",
             q_BxTxKxGxH,
-            keys_BxSxKxH.astype(q.dtype),
+            keys_BxKxSxH.astype(q.dtype),
             preferred_element_type=jnp.float32,
         ) * (h**-0.5)
         scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
-        out = jnp.einsum("bkgts,bskh->btkgh", probs, values_BxSxKxH.astype(cfg.jnp_dtype))
+        out = jnp.einsum("bkgts,bksh->btkgh", probs, values_BxKxSxH.astype(cfg.jnp_dtype))
         return self.o_proj(out.reshape(b, t, n * h)), kv
 
 
@@ -248,7 +250,7 @@ def forward(
         slots_S = jnp.arange(cache.max_length)
         query_slots_T = cache.index + jnp.arange(t)
         attn_mask = valid_BxS[:, None, :] & (slots_S[None, :] <= query_slots_T[:, None])[None]
-        kv = (cache.k_LxBxSxKxH, cache.v_LxBxSxKxH, cache.index)
+        kv = (cache.k_LxBxKxSxH, cache.v_LxBxKxSxH, cache.index)
     model = nnx.merge(graphdef(config), params)
     logits, kv = model(tokens_BxT, positions_BxT, attn_mask, kv, remat=remat, last_only=last_only)
     if cache is not None:
