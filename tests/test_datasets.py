@@ -222,3 +222,19 @@ def test_prepare_cli_writes_alpaca_eval_reference_file(tmp_path):
     assert [r["instruction"] for r in recs] == [full[i]["prompt"] for i in idx]
     assert {r["generator"] for r in recs} == {"reference"}
     assert recs[0]["dataset"] == "tldr/sft/test300"
+
+
+def test_training_rows_read_a_built_tfds_source(hh_built, monkeypatch):
+    from ram_jax.data import rows as rows_lib
+
+    monkeypatch.setenv("TFDS_DATA_DIR", hh_built["helpful-base"].data_dir.split("/ram_hh_rlhf")[0])
+    rows = rows_lib.read_rows("tfds:hh_rlhf/helpful-base:train")
+    expected = datasets.load_rows(hh_built["helpful-base"], "train")
+    assert [(r.prompt, r.chosen, r.rejected) for r in rows] == [
+        (e["prompt"], e["chosen"], e["rejected"]) for e in expected
+    ]
+    with pytest.raises(rows_lib.DataError, match="no split 'nope'"):
+        rows_lib.read_rows("tfds:hh_rlhf/helpful-base:nope")
+    monkeypatch.setenv("TFDS_DATA_DIR", "/nonexistent-tfds-dir")
+    with pytest.raises(rows_lib.DataError, match="not built.*ram_jax.datasets.prepare"):
+        rows_lib.read_rows("tfds:hh_rlhf/harmless-base:train")
