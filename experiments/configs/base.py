@@ -103,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # and 'rejected' / 'sampling' (a string or a list of K strings) as the
     # objective needs; or Anthropic-HH rows ('chosen'/'rejected' conversations).
     c.data = ml_collections.ConfigDict()
-    c.data.train_file = ""  # .jsonl / .json file (required).
+    c.data.train_file = ""  # .jsonl / .json file, or a built dataset tfds:NAME/CONFIG:SPLIT.
     c.data.eval_file = ""  # held-out file; empty: hold out `eval_fraction` of train.
     c.data.eval_fraction = 0.0  # used only without eval_file.
     c.data.format = "auto"  # 'auto' | 'rows' | 'hh' ('auto': hh if rows lack 'prompt').
