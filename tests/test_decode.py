@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ram_jax import batching, decode, sharding, stream
+from ram_jax import batching, decode, decode_loop, sharding, stream
 from ram_jax.config import get_preset
 from ram_jax.convert import load_hf
 from ram_jax.sampling import SamplingConfig, kl_divergence
@@ -103,6 +103,29 @@ def test_greedy_proposal_equals_transformers_generate(tmp_path):
         pad_id=0,
     )
     np.testing.assert_array_equal(np.asarray(out.tokens_BxN), want)
+
+
+def test_while_loop_variant_equals_scan(models, batch, reference):
+    tokens, mask, keys = batch
+    # Every row's 3rd token becomes an EOS id, so all rows finish within 3 steps and
+    # the loop exits early; the skipped steps must read as padding.
+    eos = tuple(sorted({int(t) for t in reference["tokens_BxN"][:, 2]}))
+    kw = dict(
+        p_config=P_CONFIG,
+        q_config=Q_CONFIG,
+        sampling=PAR_KL,
+        max_new_tokens=NEW,
+        vocab_size=VOCAB,
+        eos_ids=eos,
+        pad_id=1,
+    )
+    scan = vars(jax.tree.map(np.asarray, decode.decode(*models, tokens, mask, keys, **kw)))
+    loop = vars(
+        jax.tree.map(np.asarray, decode_loop.decode_until_done(*models, tokens, mask, keys, **kw))
+    )
+    assert np.all(scan["lengths_B"] <= 3)
+    for name in scan:
+        np.testing.assert_array_equal(loop[name], scan[name], err_msg=name)
 
 
 def test_rows_equal_rows_decoded_alone(models, batch, reference):
