@@ -99,10 +99,10 @@ def next_token(
         if kl_B is None:
             kl_B = S.kl_divergence(p_BxV, q_BxV)
         use_par_B = kl_B <= cfg.kl_threshold
-        chosen_BxV = jnp.where(
-            use_par_B[:, None], _par_logits(p_BxV, q_BxV, cfg), cfg.output_warper()(p_BxV)
-        )
-        return S.sample(keys_B, chosen_BxV, greedy), use_par_B
+        # The output warper is row-wise, so it runs once, on each row's chosen logits.
+        support_BxV = jnp.isfinite(cfg.proposal_warper()(p_BxV))
+        chosen_BxV = jnp.where(use_par_B[:, None], S.restrict(q_BxV, support_BxV), p_BxV)
+        return S.sample(keys_B, cfg.output_warper()(chosen_BxV), greedy), use_par_B
     if mode == "sir":
         return _sir(keys_B, p_BxV, q_BxV, cfg), yes
     raise ValueError(f"unknown mode {mode!r}; choose from {S.MODES}.")

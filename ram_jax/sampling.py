@@ -7,13 +7,13 @@ the Gumbel-max draw of `jax.random.categorical`. No rule ever removes every
 token of a row.
 
 Top-p uses no full-vocabulary sort: `lax.top_k` with a fixed bound
-`top_p_bound` (default 1024) gives the largest logits in order; the nucleus is
-the shortest prefix of them whose probability mass reaches `top_p`. If the
-`top_p_bound` largest tokens hold less than `top_p` of the mass, the nucleus is
-cut at `top_p_bound` tokens (it is exact whenever the nucleus has at most
-`top_p_bound` members; set `top_p_bound=0` for an exact full sort). Ties are
-deterministic and order free: every token whose logit equals the smallest kept
-logit is kept, for top-k as for top-p.
+`top_p_bound` (default 64) gives the largest logits in order; the nucleus is
+the shortest prefix of them whose probability mass reaches `top_p`. Rows whose
+nucleus is wider than the bound (flat distributions) get the exact threshold
+by bisection on logit values (64 masked sums over the vocabulary), computed
+only when some row of the batch needs it; so top-p is exact for any bound and
+the bound only trades speed. Ties are deterministic and order free: every token
+whose logit equals the smallest kept logit is kept, for top-k as for top-p.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class SamplingConfig:
       filter_order: "top_k_first" (HF generate) or "top_p_first" (the
         reference's FastChat processors: temperature, repetition penalty,
         top-p, top-k).
-      top_p_bound: the fixed `lax.top_k` bound of top-p (0: full sort).
+      top_p_bound: the `lax.top_k` bound of top-p's fast path (0: full sort).
     """
 
     mode: str = "proposal"
@@ -67,7 +67,7 @@ class SamplingConfig:
     num_candidates: int = 1
     eos_priority: bool = False
     filter_order: str = "top_k_first"
-    top_p_bound: int = 1024
+    top_p_bound: int = 64
 
     def __post_init__(self):
         problems = []
@@ -169,7 +169,7 @@ class Warper:
     top_p: float = 1.0
     top_k: int = 0
     order: str = "top_k_first"
-    top_p_bound: int = 1024
+    top_p_bound: int = 64
 
     def __call__(self, logits_xV: jax.Array) -> jax.Array:
         x = apply_temperature(logits_xV, self.temperature)
@@ -198,13 +198,15 @@ def top_k_filter(logits_xV: jax.Array, k: int) -> jax.Array:
     return _keep_at_least(logits_xV, kth_x1)
 
 
-def top_p_filter(logits_xV: jax.Array, top_p: float, bound: int = 1024) -> jax.Array:
+def top_p_filter(logits_xV: jax.Array, top_p: float, bound: int = 64) -> jax.Array:
     """Keeps the smallest set of largest logits whose softmax mass reaches `top_p`.
 
     A token is kept when the mass of the tokens strictly ahead of it in the
     sorted order is below `top_p` (so the top token is always kept), and every
     token tied with the last kept one is kept too. Only the `bound` largest
-    logits are ranked (`lax.top_k`); see the module docstring.
+    logits are ranked (`lax.top_k`); rows whose nucleus is wider fall back to
+    `_bisect_threshold` (computed only when some row needs it), so the result
+    is exact either way. `bound <= 0` ranks the whole vocabulary.
     """
     if top_p >= 1.0:
         return logits_xV
@@ -213,11 +215,39 @@ def top_p_filter(logits_xV: jax.Array, top_p: float, bound: int = 1024) -> jax.A
     sorted_xK = jax.lax.top_k(logits_xV, k)[0]
     log_z_x1 = jax.nn.logsumexp(logits_xV, axis=-1, keepdims=True)
     probs_xK = jnp.exp(sorted_xK - log_z_x1)
-    mass_before_xK = jnp.cumsum(probs_xK, axis=-1) - probs_xK
-    # Count of kept sorted entries; >= 1 since mass_before[0] == 0 < top_p.
-    kept_x1 = jnp.sum(mass_before_xK < top_p, axis=-1, keepdims=True)
+    mass_xK = jnp.cumsum(probs_xK, axis=-1)
+    # Count of kept sorted entries; >= 1 since the mass before the top one is 0 < top_p.
+    kept_x1 = jnp.sum(mass_xK - probs_xK < top_p, axis=-1, keepdims=True)
     threshold_x1 = jnp.take_along_axis(sorted_xK, kept_x1 - 1, axis=-1)
+    if k < v:
+        fits_x1 = mass_xK[..., -1:] >= top_p
+        threshold_x1 = jax.lax.cond(
+            jnp.all(fits_x1),
+            lambda: threshold_x1,
+            lambda: jnp.where(fits_x1, threshold_x1, _bisect_threshold(logits_xV, log_z_x1, top_p)),
+        )
     return _keep_at_least(logits_xV, threshold_x1)
+
+
+def _bisect_threshold(logits_xV, log_z_x1, top_p: float, steps: int = 64) -> jax.Array:
+    """The largest logit t with mass(logits >= t) >= top_p, by bisection on values.
+
+    Invariant: mass(>= lo) >= top_p > mass(>= hi). Once lo and hi are adjacent
+    floats some logit lies in [lo, hi), so it equals lo: the exact threshold.
+    """
+    probs_xV = jnp.exp(logits_xV - log_z_x1)
+    finite_xV = jnp.isfinite(logits_xV)
+    lo = jnp.min(jnp.where(finite_xV, logits_xV, jnp.inf), axis=-1, keepdims=True)
+    top = jnp.max(logits_xV, axis=-1, keepdims=True)
+    hi = jnp.nextafter(top, jnp.full_like(top, jnp.inf))
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) / 2
+        ok = jnp.sum(jnp.where(logits_xV >= mid, probs_xV, 0.0), -1, keepdims=True) >= top_p
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    return jax.lax.fori_loop(0, steps, body, (lo, hi))[0]
 
 
 def repetition_penalty(logits_xV: jax.Array, seen_xV: jax.Array, penalty: float) -> jax.Array:
