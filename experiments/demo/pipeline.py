@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import time
 
 from experiments.demo import scorers
@@ -303,6 +304,11 @@ def run(plan: Plan) -> dict:
     from experiments.demo import report
 
     t0 = time.time()
+    # A training workdir that holds a checkpoint would be resumed, not retrained:
+    # drop a previous run's stage directories (only those) before starting.
+    for name in os.listdir(plan.out) if os.path.isdir(plan.out) else ():
+        if name in ("world", "proposal") or name.startswith("seed"):
+            shutil.rmtree(os.path.join(plan.out, name))
     progress = Progress(stage_costs(plan))
     t = progress.start("world")
     shared = build_world(plan)
