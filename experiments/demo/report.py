@@ -22,6 +22,13 @@ METRICS = (
 BASELINES = ("proposal", "aligner", "proposal_sft", "corrector")
 
 
+def _umask_mode() -> int:
+    """0o666 less the process umask: what `open()` would have created."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path: str, data: bytes | str) -> None:
     """Writes `data` to `path` through a temporary file and `os.replace`."""
     mode = "wb" if isinstance(data, bytes) else "w"
@@ -31,6 +38,7 @@ def write_atomic(path: str, data: bytes | str) -> None:
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -152,6 +160,7 @@ def _save(fig, path: str) -> str:
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".png")
     os.close(fd)
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
     return path
 
