@@ -94,10 +94,10 @@ def encode_prompts(tokenizer, texts: Sequence[str], template: str = "raw") -> li
     return [list(e.ids) for e in encoded]
 
 
-def response_ids(tokens_N: Sequence[int], length: int, eos_ids: Sequence[int]) -> list[int]:
+def response_ids(tokens_R: Sequence[int], length: int, eos_ids: Sequence[int]) -> list[int]:
     """The generated ids of one row up to (not including) its first EOS."""
     out = []
-    for t in list(tokens_N)[: int(length)]:
+    for t in list(tokens_R)[: int(length)]:
         if int(t) in eos_ids:
             break
         out.append(int(t))
@@ -117,12 +117,12 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
 
 def decode_texts(
     tokenizer,
-    tokens_BxN: np.ndarray,
+    tokens_BxR: np.ndarray,
     lengths_B: np.ndarray,
     eos_ids: Sequence[int],
     stops: Sequence[str] = (),
 ) -> list[str]:
     """Response texts: ids up to the first EOS, decoded, cut at the first stop string."""
-    ids = [response_ids(row, n, eos_ids) for row, n in zip(tokens_BxN, lengths_B, strict=True)]
+    ids = [response_ids(row, n, eos_ids) for row, n in zip(tokens_BxR, lengths_B, strict=True)]
     texts = tokenizer.decode_batch(ids, skip_special_tokens=True)
     return [cut_at_stops(t, stops) for t in texts]

@@ -50,21 +50,21 @@ class DecodeState:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class DecodeOutput:
-    """Per-token results, `[B, max_new_tokens]` (N below is max_new_tokens).
+    """Per-token results; R = max_new_tokens (response tokens), so `[B, R]`.
 
-    tokens_BxN: sampled ids; `pad_id` after a row's EOS.
-    logprobs_p_BxN / logprobs_q_BxN: `log_softmax(logits)[token]` of P / Q at
+    tokens_BxR: sampled ids; `pad_id` after a row's EOS.
+    logprobs_p_BxR / logprobs_q_BxR: `log_softmax(logits)[token]` of P / Q at
       T = 1 (the models' own likelihoods, before any processor); 0 after EOS;
       None when that model was not run.
-    aligner_branch_BxN: the aligner shaped the token (`par_kl`: the `par`
+    aligner_branch_BxR: the aligner shaped the token (`par_kl`: the `par`
       branch was taken); False after EOS.
     lengths_B: generated tokens per row, the EOS included.
     """
 
-    tokens_BxN: jax.Array
-    logprobs_p_BxN: jax.Array | None
-    logprobs_q_BxN: jax.Array | None
-    aligner_branch_BxN: jax.Array
+    tokens_BxR: jax.Array
+    logprobs_p_BxR: jax.Array | None
+    logprobs_q_BxR: jax.Array | None
+    aligner_branch_BxR: jax.Array
     lengths_B: jax.Array
 
 
@@ -171,7 +171,7 @@ def run_steps(
     state,
     p_params,
     q_params,
-    keys_NxB,
+    keys_RxB,
     *,
     p_config,
     q_config,
@@ -180,7 +180,7 @@ def run_steps(
     eos_ids,
     pad_id,
 ):
-    """`lax.scan` of (emit, advance) over the leading axis of `keys_NxB`.
+    """`lax.scan` of (emit, advance) over the leading axis of `keys_RxB`.
 
     Returns the final state and the per-step outputs stacked on a leading
     axis. The last step's advance prepares logits for a following chunk.
@@ -193,7 +193,7 @@ def run_steps(
         )
         return state, outputs
 
-    return jax.lax.scan(body, state, keys_NxB)
+    return jax.lax.scan(body, state, keys_RxB)
 
 
 def stack_outputs(steps: list[dict]) -> DecodeOutput:
@@ -205,10 +205,10 @@ def stack_outputs(steps: list[dict]) -> DecodeOutput:
         return jnp.concatenate([chunk[name] for chunk in steps], axis=0).T
 
     return DecodeOutput(
-        tokens_BxN=cat("tokens"),
-        logprobs_p_BxN=cat("logprobs_p"),
-        logprobs_q_BxN=cat("logprobs_q"),
-        aligner_branch_BxN=cat("branch"),
+        tokens_BxR=cat("tokens"),
+        logprobs_p_BxR=cat("logprobs_p"),
+        logprobs_q_BxR=cat("logprobs_q"),
+        aligner_branch_BxR=cat("branch"),
         lengths_B=jnp.sum(cat("live"), axis=1, dtype=jnp.int32),
     )
 
@@ -238,7 +238,7 @@ def decode(
       row_keys_B: one PRNG key per row.
       p_config, q_config: the models' configs (static).
       sampling: a `SamplingConfig` (static).
-      max_new_tokens: N, steps to decode.
+      max_new_tokens: R, steps to decode.
       vocab_size: tokenizer length; logits are sliced to it.
       eos_ids: ids that finish a row. pad_id: id emitted after that.
 
@@ -255,12 +255,12 @@ def decode(
         max_new_tokens=max_new_tokens,
         **kw,
     )
-    keys_NxB = step_keys(row_keys_B, 0, max_new_tokens)
+    keys_RxB = step_keys(row_keys_B, 0, max_new_tokens)
     _, steps = run_steps(
         state,
         p_params,
         q_params,
-        keys_NxB,
+        keys_RxB,
         sampling=sampling,
         eos_ids=eos_ids,
         pad_id=pad_id,
@@ -270,11 +270,13 @@ def decode(
 
 
 @functools.partial(jax.jit, static_argnames=("num_candidates",))
-def _resample(keys_P, out: DecodeOutput, num_candidates: int) -> tuple[DecodeOutput, jax.Array]:
-    seq_logq_PxN = jnp.sum(out.logprobs_q_BxN, axis=1).reshape(-1, num_candidates)
-    pick_P = modes.resample_sequences(keys_P, seq_logq_PxN)
-    rows_P = jnp.arange(seq_logq_PxN.shape[0]) * num_candidates + pick_P
-    return jax.tree.map(lambda x: x[rows_P], out), pick_P
+def _resample(
+    prompt_keys_B, out: DecodeOutput, num_candidates: int
+) -> tuple[DecodeOutput, jax.Array]:
+    seq_logq_BxC = jnp.sum(out.logprobs_q_BxR, axis=1).reshape(-1, num_candidates)
+    pick_B = modes.resample_sequences(prompt_keys_B, seq_logq_BxC)
+    rows_B = jnp.arange(seq_logq_BxC.shape[0]) * num_candidates + pick_B
+    return jax.tree.map(lambda x: x[rows_B], out), pick_B
 
 
 def check_models(sampling, p_config, q_config, vocab_size):
@@ -360,10 +362,10 @@ def generate(
             results.append((out, None))
     count = len(prompts)
     fields = dict(
-        tokens="tokens_BxN",
-        logprobs_p="logprobs_p_BxN",
-        logprobs_q="logprobs_q_BxN",
-        aligner_branch="aligner_branch_BxN",
+        tokens="tokens_BxR",
+        logprobs_p="logprobs_p_BxR",
+        logprobs_q="logprobs_q_BxR",
+        aligner_branch="aligner_branch_BxR",
         lengths="lengths_B",
     )
     merged = {}

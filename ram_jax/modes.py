@@ -108,11 +108,11 @@ def next_token(
     raise ValueError(f"unknown mode {mode!r}; choose from {S.MODES}.")
 
 
-def resample_sequences(keys_P: jax.Array, seq_logq_PxN: jax.Array) -> jax.Array:
-    """`seq_sir`'s last step: per prompt, the index of one of its N candidates.
+def resample_sequences(prompt_keys_B: jax.Array, seq_logq_BxC: jax.Array) -> jax.Array:
+    """`seq_sir`'s last step: per prompt, the index of one of its C candidates.
 
-    Candidate j of prompt i is drawn with probability `softmax(seq_logq_PxN[i])[j]`,
+    Candidate j of prompt i is drawn with probability `softmax(seq_logq_BxC[i])[j]`,
     i.e. proportional to the aligner's sequence probability Q(y_j|x), with the
     prompt's own key.
     """
-    return jax.vmap(jax.random.categorical)(keys_P, seq_logq_PxN).astype(jnp.int32)
+    return jax.vmap(jax.random.categorical)(prompt_keys_B, seq_logq_BxC).astype(jnp.int32)

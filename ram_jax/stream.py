@@ -46,8 +46,8 @@ def _start(p_params, q_params, tokens_BxT, mask_BxT, row_keys_B, *, slots, **sta
 def _continue(state, p_params, q_params, row_keys_B, start, *, chunk, **static):
     model = {k: static[k] for k in _MODEL}
     emit = {k: static[k] for k in _EMIT}
-    keys_CxB = D.step_keys(row_keys_B, start, chunk)
-    return D.run_steps(state, p_params, q_params, keys_CxB, **model, **emit)
+    keys_RxB = D.step_keys(row_keys_B, start, chunk)
+    return D.run_steps(state, p_params, q_params, keys_RxB, **model, **emit)
 
 
 def stream(

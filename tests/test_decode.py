@@ -102,14 +102,14 @@ def test_greedy_proposal_equals_transformers_generate(tmp_path):
         eos_ids=(0,),
         pad_id=0,
     )
-    np.testing.assert_array_equal(np.asarray(out.tokens_BxN), want)
+    np.testing.assert_array_equal(np.asarray(out.tokens_BxR), want)
 
 
 def test_while_loop_variant_equals_scan(models, batch, reference):
     tokens, mask, keys = batch
     # Every row's 3rd token becomes an EOS id, so all rows finish within 3 steps and
     # the loop exits early; the skipped steps must read as padding.
-    eos = tuple(sorted({int(t) for t in reference["tokens_BxN"][:, 2]}))
+    eos = tuple(sorted({int(t) for t in reference["tokens_BxR"][:, 2]}))
     kw = dict(
         p_config=P_CONFIG,
         q_config=Q_CONFIG,
@@ -130,8 +130,8 @@ def test_while_loop_variant_equals_scan(models, batch, reference):
 
 def test_rows_equal_rows_decoded_alone(models, batch, reference):
     tokens, mask, keys = batch
-    assert 0 < reference["aligner_branch_BxN"].mean() < 1, "both par_kl branches must occur"
-    assert np.all(reference["tokens_BxN"] < VOCAB), "a padded vocabulary row was sampled"
+    assert 0 < reference["aligner_branch_BxR"].mean() < 1, "both par_kl branches must occur"
+    assert np.all(reference["tokens_BxR"] < VOCAB), "a padded vocabulary row was sampled"
     for row in range(len(PROMPTS)):
         alone = _decode(models, tokens[row : row + 1], mask[row : row + 1], keys[row : row + 1])
         for name, got in vars(jax.tree.map(np.asarray, alone)).items():
@@ -140,7 +140,7 @@ def test_rows_equal_rows_decoded_alone(models, batch, reference):
 
 def test_cached_logprobs_equal_full_forward(models, batch, reference):
     tokens, mask, _ = batch
-    gen = reference["tokens_BxN"]
+    gen = reference["tokens_BxR"]
     live = np.arange(NEW)[None] < reference["lengths_B"][:, None]
     seq = np.concatenate([tokens, gen], axis=1)
     seq_mask = np.concatenate([mask, live], axis=1)
@@ -151,12 +151,12 @@ def test_cached_logprobs_equal_full_forward(models, batch, reference):
         logits[name] = np.asarray(full)[:, t - 1 : -1, :VOCAB]  # predicts each generated token
         logp = jax.nn.log_softmax(logits[name], axis=-1)
         want = np.take_along_axis(np.asarray(logp), gen[..., None], axis=-1)[..., 0] * live
-        np.testing.assert_allclose(reference[f"logprobs_{name}_BxN"], want, atol=2e-4)
+        np.testing.assert_allclose(reference[f"logprobs_{name}_BxR"], want, atol=2e-4)
     # The per-row KL gate, recomputed from the full forward, picks the same branch.
     kl = np.asarray(kl_divergence(jnp.asarray(logits["p"]), jnp.asarray(logits["q"])))
     clear = live & (np.abs(kl - PAR_KL.kl_threshold) > 1e-3)
     np.testing.assert_array_equal(
-        reference["aligner_branch_BxN"][clear], (kl <= PAR_KL.kl_threshold)[clear]
+        reference["aligner_branch_BxR"][clear], (kl <= PAR_KL.kl_threshold)[clear]
     )
 
 
@@ -168,8 +168,8 @@ def test_constant_aligner_product_equals_proposal(models, batch):
     proposal = SamplingConfig(mode="proposal", temperature=0.8, top_p=0.9)
     a = _decode(both, tokens, mask, keys, sampling=product)
     b = _decode(both, tokens, mask, keys, sampling=proposal)
-    np.testing.assert_array_equal(np.asarray(a.tokens_BxN), np.asarray(b.tokens_BxN))
-    assert len(np.unique(np.asarray(a.tokens_BxN))) > 5  # a real sample, not a constant
+    np.testing.assert_array_equal(np.asarray(a.tokens_BxR), np.asarray(b.tokens_BxR))
+    assert len(np.unique(np.asarray(a.tokens_BxR))) > 5  # a real sample, not a constant
 
 
 def test_stream_equals_scan(models, batch, reference):
@@ -193,8 +193,8 @@ def test_stream_equals_scan(models, batch, reference):
     )
     assert [c["tokens"].shape[1] for c in chunks] == [1, 4, 4, 1]
     got = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
-    np.testing.assert_array_equal(got["tokens"], reference["tokens_BxN"])
-    np.testing.assert_allclose(got["logprobs_q"], reference["logprobs_q_BxN"], atol=1e-5)
+    np.testing.assert_array_equal(got["tokens"], reference["tokens_BxR"])
+    np.testing.assert_allclose(got["logprobs_q"], reference["logprobs_q_BxR"], atol=1e-5)
     np.testing.assert_array_equal(got["live"].sum(1), reference["lengths_B"])
 
 
@@ -203,8 +203,8 @@ def test_sharded_params_give_same_tokens(models, batch, reference):
     placed = tuple(jax.device_put(m, sharding.param_shardings(m, mesh)) for m in models)
     assert len(placed[0]["layers"]["attn"]["q_proj"]["kernel"].sharding.device_set) == 8
     out = vars(jax.tree.map(np.asarray, _decode(placed, *batch)))
-    np.testing.assert_array_equal(out["tokens_BxN"], reference["tokens_BxN"])
-    np.testing.assert_allclose(out["logprobs_p_BxN"], reference["logprobs_p_BxN"], atol=1e-5)
+    np.testing.assert_array_equal(out["tokens_BxR"], reference["tokens_BxR"])
+    np.testing.assert_allclose(out["logprobs_p_BxR"], reference["logprobs_p_BxR"], atol=1e-5)
 
 
 def test_one_compile_per_bucket(models):

@@ -163,8 +163,8 @@ def noise_quantile(dist: dict, n: int, seed=0) -> float:
     return float(np.quantile(0.5 * np.abs(draws / n - probs).sum(axis=1), 0.999))
 
 
-def counts_of(tokens_BxN):
-    keys, counts = np.unique(np.asarray(tokens_BxN), axis=0, return_counts=True)
+def counts_of(tokens_BxR):
+    keys, counts = np.unique(np.asarray(tokens_BxR), axis=0, return_counts=True)
     return {tuple(int(t) for t in k): int(c) for k, c in zip(keys, counts, strict=True)}
 
 
