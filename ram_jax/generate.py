@@ -27,41 +27,79 @@ import numpy as np
 from absl import app, flags
 from tqdm import tqdm
 
-from ram_jax import batching, convert, stream
+from ram_jax import batching, cli, convert, stream
 from ram_jax import decode as D
 from ram_jax import sampling as S
 from ram_jax import tokenizer as T
 
-_PROPOSAL = flags.DEFINE_string("proposal", None, "Proposal HF model directory.", required=True)
-_ALIGNER = flags.DEFINE_string("aligner", None, "Aligner HF directory; absent: proposal only.")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json (default: the proposal's).")
-_PROMPTS = flags.DEFINE_string("prompts", None, "JSON / JSONL; field `instruction` or `prompt`.")
-_TEMPLATE = flags.DEFINE_enum("template", "raw", sorted(batching.TEMPLATES), "Prompt template.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output JSON (AlpacaEval format).", required=True)
-_GENERATOR = flags.DEFINE_string("generator", None, "`generator` field (default: from flags).")
+FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
+_PROPOSAL = flags.DEFINE_string(
+    "proposal", None, "Proposal HF model directory.", required=True, flag_values=FLAGS
+)
+_ALIGNER = flags.DEFINE_string(
+    "aligner", None, "Aligner HF directory; absent: proposal only.", flag_values=FLAGS
+)
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", None, "tokenizer.json (default: the proposal's).", flag_values=FLAGS
+)
+_PROMPTS = flags.DEFINE_string(
+    "prompts", None, "JSON / JSONL; field `instruction` or `prompt`.", flag_values=FLAGS
+)
+_TEMPLATE = flags.DEFINE_enum(
+    "template", "raw", sorted(batching.TEMPLATES), "Prompt template.", flag_values=FLAGS
+)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Output JSON (AlpacaEval format).", required=True, flag_values=FLAGS
+)
+_GENERATOR = flags.DEFINE_string(
+    "generator", None, "`generator` field (default: from flags).", flag_values=FLAGS
+)
 _PRESET = flags.DEFINE_enum(
     "preset",
     "none",
     ["none", "reference"],
     "reference: the reference implementation's defaults (par_kl, tau 0.1, top_p 0.9, proposal "
     "top_p 0.95, repetition penalty 1.05, FastChat processor order); explicit flags override.",
+    flag_values=FLAGS,
 )
-_MODE = flags.DEFINE_enum("mode", "proposal", list(S.MODES), "Decoding mode (RAM.md section 3).")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Output temperature (0: greedy).")
-_P_TEMPERATURE = flags.DEFINE_float("proposal_temperature", 1.0, "Proposal temperature T_P.")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Output top-p.")
-_P_TOP_P = flags.DEFINE_float("proposal_top_p", 1.0, "Proposal top-p (P's nucleus).")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Output top-k (0: off).")
-_P_TOP_K = flags.DEFINE_integer("proposal_top_k", 0, "Proposal top-k (0: off).")
-_REP = flags.DEFINE_float("repetition_penalty", 1.0, "HF repetition penalty (1: off).")
-_KL = flags.DEFINE_float("kl_threshold", 0.1, "par_kl: use par where KL(P||Q) <= this.")
-_CANDIDATES = flags.DEFINE_integer("num_candidates", 1, "sir: n per token; seq_sir: N.")
-_EOS_PRIORITY = flags.DEFINE_bool("eos_priority", False, "par: emit EOS when P's argmax is EOS.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Tokens to generate per prompt.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Prompts per compiled batch.")
-_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.")
-_STOP = flags.DEFINE_multi_string("stop", ["\n\nHuman"], "Stop strings (repeatable).")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter dtype.")
+_MODE = flags.DEFINE_enum(
+    "mode", "proposal", list(S.MODES), "Decoding mode (RAM.md section 3).", flag_values=FLAGS
+)
+_TEMPERATURE = flags.DEFINE_float(
+    "temperature", 1.0, "Output temperature (0: greedy).", flag_values=FLAGS
+)
+_P_TEMPERATURE = flags.DEFINE_float(
+    "proposal_temperature", 1.0, "Proposal temperature T_P.", flag_values=FLAGS
+)
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Output top-p.", flag_values=FLAGS)
+_P_TOP_P = flags.DEFINE_float(
+    "proposal_top_p", 1.0, "Proposal top-p (P's nucleus).", flag_values=FLAGS
+)
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Output top-k (0: off).", flag_values=FLAGS)
+_P_TOP_K = flags.DEFINE_integer("proposal_top_k", 0, "Proposal top-k (0: off).", flag_values=FLAGS)
+_REP = flags.DEFINE_float(
+    "repetition_penalty", 1.0, "HF repetition penalty (1: off).", flag_values=FLAGS
+)
+_KL = flags.DEFINE_float(
+    "kl_threshold", 0.1, "par_kl: use par where KL(P||Q) <= this.", flag_values=FLAGS
+)
+_CANDIDATES = flags.DEFINE_integer(
+    "num_candidates", 1, "sir: n per token; seq_sir: N.", flag_values=FLAGS
+)
+_EOS_PRIORITY = flags.DEFINE_bool(
+    "eos_priority", False, "par: emit EOS when P's argmax is EOS.", flag_values=FLAGS
+)
+_MAX_NEW = flags.DEFINE_integer(
+    "max_new_tokens", 256, "Tokens to generate per prompt.", flag_values=FLAGS
+)
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Prompts per compiled batch.", flag_values=FLAGS)
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.", flag_values=FLAGS)
+_STOP = flags.DEFINE_multi_string(
+    "stop", ["\n\nHuman"], "Stop strings (repeatable).", flag_values=FLAGS
+)
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "float32", ["float32", "bfloat16"], "Parameter dtype.", flag_values=FLAGS
+)
 
 _SAMPLING_FLAGS = {
     "mode": _MODE,
@@ -81,7 +119,7 @@ _SAMPLING_FLAGS = {
 def sampling_from_flags() -> S.SamplingConfig:
     """The SamplingConfig of the command line (validated before anything loads)."""
     if _PRESET.value == "reference":
-        given = {k: f.value for k, f in _SAMPLING_FLAGS.items() if flags.FLAGS[f.name].present}
+        given = {k: f.value for k, f in _SAMPLING_FLAGS.items() if FLAGS[f.name].present}
         return S.REFERENCE.replace(**given)
     return S.SamplingConfig(**{k: f.value for k, f in _SAMPLING_FLAGS.items()})
 
@@ -254,4 +292,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, FLAGS)

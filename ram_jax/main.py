@@ -13,16 +13,27 @@ detected (or forced with --distributed).
 import logging
 import os
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and export go here.")
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"], "Call jax.distributed.initialize()."
+from ram_jax import cli
+
+FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file.", flag_values=FLAGS
 )
-flags.mark_flags_as_required(["config", "workdir"])
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Checkpoints, metrics and export go here.", flag_values=FLAGS
+)
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "Call jax.distributed.initialize().",
+    flag_values=FLAGS,
+)
+flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 
 _MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
 
@@ -57,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, FLAGS)

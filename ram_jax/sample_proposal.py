@@ -25,10 +25,10 @@ import json
 import os
 
 import jax
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
-from ram_jax import batching, convert
+from ram_jax import batching, cli, convert
 from ram_jax import checkpoint as ckpt
 from ram_jax.data.rows import parse_row, records
 from ram_jax.decode import generate
@@ -136,23 +136,46 @@ def sample_file(
     return len(rows) - start
 
 
-_INPUT = flags.DEFINE_string("input", None, "Training rows (.jsonl/.json; rows or HH format).")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the rows with 'sampling'.")
-_PROPOSAL = flags.DEFINE_string("proposal", None, "HF directory or ram_jax workdir.")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json (default: in --proposal).")
-_K = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (K).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Longest sample.")
-_BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts per decode batch.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_T = flags.DEFINE_float("temperature", 0.5, "Proposal temperature (reference 0.5).")
-_TOP_P = flags.DEFINE_float("top_p", 0.95, "Nucleus mass (reference 0.95).")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k (0: off).")
-_REP = flags.DEFINE_float("repetition_penalty", 1.05, "HF repetition penalty (reference 1.05).")
-_STOPS = flags.DEFINE_multi_string("stop", ["\n\nHuman"], "Stop strings (cut from samples).")
-_TEMPLATE = flags.DEFINE_string("prompt_template", "{prompt}", "As data.prompt_template.")
-_MAX_PROMPT = flags.DEFINE_integer("max_prompt_length", 1024, "Prompts keep their last N tokens.")
-_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "rows", "hh"], "Input layout.")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Proposal dtype.")
+FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
+_INPUT = flags.DEFINE_string(
+    "input", None, "Training rows (.jsonl/.json; rows or HH format).", flag_values=FLAGS
+)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Where to write the rows with 'sampling'.", flag_values=FLAGS
+)
+_PROPOSAL = flags.DEFINE_string(
+    "proposal", None, "HF directory or ram_jax workdir.", flag_values=FLAGS
+)
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", None, "tokenizer.json (default: in --proposal).", flag_values=FLAGS
+)
+_K = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (K).", flag_values=FLAGS)
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Longest sample.", flag_values=FLAGS)
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts per decode batch.", flag_values=FLAGS)
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=FLAGS)
+_T = flags.DEFINE_float(
+    "temperature", 0.5, "Proposal temperature (reference 0.5).", flag_values=FLAGS
+)
+_TOP_P = flags.DEFINE_float("top_p", 0.95, "Nucleus mass (reference 0.95).", flag_values=FLAGS)
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k (0: off).", flag_values=FLAGS)
+_REP = flags.DEFINE_float(
+    "repetition_penalty", 1.05, "HF repetition penalty (reference 1.05).", flag_values=FLAGS
+)
+_STOPS = flags.DEFINE_multi_string(
+    "stop", ["\n\nHuman"], "Stop strings (cut from samples).", flag_values=FLAGS
+)
+_TEMPLATE = flags.DEFINE_string(
+    "prompt_template", "{prompt}", "As data.prompt_template.", flag_values=FLAGS
+)
+_MAX_PROMPT = flags.DEFINE_integer(
+    "max_prompt_length", 1024, "Prompts keep their last N tokens.", flag_values=FLAGS
+)
+_FORMAT = flags.DEFINE_enum(
+    "format", "auto", ["auto", "rows", "hh"], "Input layout.", flag_values=FLAGS
+)
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "bfloat16", ["bfloat16", "float32"], "Proposal dtype.", flag_values=FLAGS
+)
 
 
 def main(argv):
@@ -186,5 +209,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["input", "output", "proposal"])
-    app.run(main)
+    flags.mark_flags_as_required(["input", "output", "proposal"], flag_values=FLAGS)
+    cli.run(main, FLAGS)

@@ -9,7 +9,6 @@ import sys
 
 import jax
 import pytest
-from absl import flags
 
 from ram_jax import batching, convert, decode, generate
 from ram_jax import sampling as S
@@ -43,8 +42,8 @@ def dirs(tmp_path_factory):
 
 
 def _parse(argv):
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["generate", *argv])
+    generate.FLAGS.unparse_flags()
+    generate.FLAGS(["generate", *argv])
 
 
 def test_cli_end_to_end_equals_library_decode(dirs):

@@ -5,9 +5,8 @@ Training is `ram_jax.train_loop.run(config, workdir)`, the function behind
 --config.a.b=v` would load; decoding is `ram_jax.generate.run` on parsed
 flags, as `python -m ram_jax.generate` does. On 2 CPU cores a fresh
 interpreter per stage (imports plus compilation) would cost more than most
-stages. Proposal sampling runs `python -m ram_jax.sample_proposal` as a
-subprocess, once per run: its absl flags share names with
-`ram_jax.generate`'s, so both cannot be defined in one interpreter.
+stages. Proposal sampling runs once per run, so it stays the plain
+subprocess `python -m ram_jax.sample_proposal`.
 """
 
 from __future__ import annotations
@@ -96,16 +95,15 @@ def generate(
 def _run_generate(**flags_kw) -> Decoded:
     """`python -m ram_jax.generate --k=v ...` in this process: its `run` on parsed flags.
 
-    absl flags are global, so they are reset to their defaults before each
-    parse (a flag absent from this call must not keep the previous call's value).
+    The command's flags persist between calls, so they are reset to their
+    defaults before each parse (a flag absent from this call must not keep the
+    previous call's value).
     """
-    from absl import flags
-
     from ram_jax import generate as gen
 
     argv = ["ram_jax.generate"] + [f"--{k}={v}" for k, v in flags_kw.items() if v is not None]
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
+    gen.FLAGS.unparse_flags()
+    gen.FLAGS(argv)
     metrics = gen.run(gen.sampling_from_flags())
     with open(flags_kw["output"]) as f:
         outputs = [r["output"] for r in json.load(f)]

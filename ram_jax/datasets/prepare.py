@@ -29,31 +29,66 @@ import time
 
 from absl import app, flags, logging
 
-from ram_jax import datasets
+from ram_jax import cli, datasets
 from ram_jax.datasets import correction, manual
 
-_MODE = flags.DEFINE_enum("mode", "build", ["build", "correction", "export"], "What to do.")
-_DATASET = flags.DEFINE_enum("dataset", None, sorted(datasets.BUILDERS), "Dataset (mode build).")
-_CONFIG = flags.DEFINE_string("config", None, "Builder config, e.g. all, helpful-base, sft.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Directory holding the downloaded files.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Also build the tfds dataset here.")
-_SPLIT = flags.DEFINE_string("split", "train", "Split: train, test, test300, valid, ...")
-_FORMAT = flags.DEFINE_enum("format", "jsonl", ["jsonl", "alpaca_eval"], "Output layout.")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer for ultrachat/first_round_120k.")
+FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
+_MODE = flags.DEFINE_enum(
+    "mode", "build", ["build", "correction", "export"], "What to do.", flag_values=FLAGS
+)
+_DATASET = flags.DEFINE_enum(
+    "dataset", None, sorted(datasets.BUILDERS), "Dataset (mode build).", flag_values=FLAGS
+)
+_CONFIG = flags.DEFINE_string(
+    "config", None, "Builder config, e.g. all, helpful-base, sft.", flag_values=FLAGS
+)
+_MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir", None, "Directory holding the downloaded files.", flag_values=FLAGS
+)
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Also build the tfds dataset here.", flag_values=FLAGS
+)
+_SPLIT = flags.DEFINE_string(
+    "split", "train", "Split: train, test, test300, valid, ...", flag_values=FLAGS
+)
+_FORMAT = flags.DEFINE_enum(
+    "format", "jsonl", ["jsonl", "alpaca_eval"], "Output layout.", flag_values=FLAGS
+)
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", None, "Tokenizer for ultrachat/first_round_120k.", flag_values=FLAGS
+)
 _REFERENCE = flags.DEFINE_string(
-    "reference_name", "reference", "`generator` of the reference outputs (format alpaca_eval)."
+    "reference_name",
+    "reference",
+    "`generator` of the reference outputs (format alpaca_eval).",
+    flag_values=FLAGS,
 )
-_INPUT = flags.DEFINE_string("input", None, "Input file (modes correction and export).")
-_TEMPLATE = flags.DEFINE_string("template", "{prompt}", "Prompt template (mode correction).")
+_INPUT = flags.DEFINE_string(
+    "input", None, "Input file (modes correction and export).", flag_values=FLAGS
+)
+_TEMPLATE = flags.DEFINE_string(
+    "template", "{prompt}", "Prompt template (mode correction).", flag_values=FLAGS
+)
 _TARGET = flags.DEFINE_enum(
-    "target", "chosen", ["chosen", "answer"], "Correction target: chosen, or answer (warm-up)."
+    "target",
+    "chosen",
+    ["chosen", "answer"],
+    "Correction target: chosen, or answer (warm-up).",
+    flag_values=FLAGS,
 )
-_LIMIT = flags.DEFINE_integer("limit", 0, "Keep only the first N rows (0: all).")
+_LIMIT = flags.DEFINE_integer("limit", 0, "Keep only the first N rows (0: all).", flag_values=FLAGS)
 _INSTRUCTIONS_FROM = flags.DEFINE_string(
-    "instructions_from", None, "Mode export: the eval prompts file generation ran on."
+    "instructions_from",
+    None,
+    "Mode export: the eval prompts file generation ran on.",
+    flag_values=FLAGS,
 )
-_GENERATOR = flags.DEFINE_string("generator", None, "Mode export: the model's name.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output file (written atomically).")
+_GENERATOR = flags.DEFINE_string(
+    "generator", None, "Mode export: the model's name.", flag_values=FLAGS
+)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Output file (written atomically).", flag_values=FLAGS
+)
 
 
 def _read_any(path: str) -> list[dict]:
@@ -161,4 +196,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, FLAGS)
