@@ -227,6 +227,8 @@ def bench_torch_reference(models, prompt, new):
     import transformers
 
     torch.manual_seed(0)
+    # Compare like with like: on a GPU host the baseline runs on the GPU too.
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         hf = []
         for name, params, config in (("p", models[0], PROPOSAL), ("q", models[1], ALIGNER)):
@@ -234,7 +236,9 @@ def bench_torch_reference(models, prompt, new):
             hf.append(
                 transformers.AutoModelForCausalLM.from_pretrained(
                     os.path.join(tmp, name), dtype=torch.float32
-                ).eval()
+                )
+                .to(device)
+                .eval()
             )
     s = PAR_KL
 
@@ -251,7 +255,7 @@ def bench_torch_reference(models, prompt, new):
         logits = logits.scatter(1, seen, score)
         return top_p(logits, s.top_p)
 
-    ids = torch.from_numpy(np.random.default_rng(0).integers(1, VOCAB, (1, prompt)))
+    ids = torch.from_numpy(np.random.default_rng(0).integers(1, VOCAB, (1, prompt))).to(device)
 
     @torch.inference_mode()
     def run(n):
@@ -278,7 +282,7 @@ def bench_torch_reference(models, prompt, new):
     # Under CPU contention OpenMP threads can slow torch down several-fold: give
     # the baseline its best thread count.
     best = {}
-    for threads in (1, 2):
+    for threads in (1, 2) if device == "cpu" else (torch.get_num_threads(),):
         torch.set_num_threads(threads)
         run(2)  # warm-up
         best[threads] = run(min(new, 16))
