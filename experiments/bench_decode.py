@@ -48,7 +48,7 @@ import numpy as np
 
 from ram_jax import convert, stream
 from ram_jax.config import ModelConfig
-from ram_jax.sampling import SamplingConfig
+from ram_jax.sampling import REFERENCE, SamplingConfig
 from ram_jax.transformer import abstract_params, count_params
 
 VOCAB = 32000
@@ -71,16 +71,7 @@ ALIGNER = PROPOSAL.replace(
     num_kv_heads=2,
     tie_embeddings=True,
 )
-PAR_KL = SamplingConfig(
-    mode="par_kl",
-    temperature=0.7,
-    top_p=0.9,
-    proposal_temperature=0.5,
-    proposal_top_p=0.95,
-    repetition_penalty=1.05,
-    kl_threshold=0.1,
-    filter_order="top_p_first",
-)
+PAR_KL = REFERENCE  # the reference implementation's par_kl settings
 MODES = {
     "proposal_only": (SamplingConfig(temperature=0.7, top_p=0.9), True, False),
     "aligner_only": (SamplingConfig(mode="aligner", temperature=0.7, top_p=0.9), False, True),
