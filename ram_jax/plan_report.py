@@ -63,45 +63,24 @@ PAIRS = (("llama-3.1-8b", "llama-3.2-1b"), ("qwen2.5-14b", "qwen2.5-3b"))
 def _fit_cell(cfg: ModelConfig, optimizer, mesh, device, objective, remat_options) -> str:
     budget = 0.9 * device.hbm_bytes
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
+
+    def total(grad_accum: int, remat: bool) -> int:
+        return train_memory(
+            cfg,
+            optimizer,
+            mesh,
+            objective=objective,
+            batch_size=64,
+            grad_accum=grad_accum,
+            max_length=2048,
+            remat=remat,
+        )["total"]
+
     for remat in remat_options:
-
-        def fits(a, remat=remat):
-            m = train_memory(
-                cfg,
-                optimizer,
-                mesh,
-                objective=objective,
-                batch_size=64,
-                grad_accum=a,
-                max_length=2048,
-                remat=remat,
-            )
-            return m["total"] <= budget
-
-        a = suggest_grad_accum(fits, 64, rows)
+        a = suggest_grad_accum(lambda a, remat=remat: total(a, remat) <= budget, 64, rows)
         if a is not None:
-            m = train_memory(
-                cfg,
-                optimizer,
-                mesh,
-                objective=objective,
-                batch_size=64,
-                grad_accum=a,
-                max_length=2048,
-                remat=remat,
-            )
-            return f"{gib(m['total'])} (accum {a}{', remat' if remat else ''})"
-    m = train_memory(
-        cfg,
-        optimizer,
-        mesh,
-        objective=objective,
-        batch_size=64,
-        grad_accum=64 // rows,
-        max_length=2048,
-        remat=True,
-    )
-    return f"no: {gib(m['total'])} > {gib(int(budget))}"
+            return f"{gib(total(a, remat))} (accum {a}{', remat' if remat else ''})"
+    return f"no: {gib(total(64 // rows, True))} > {gib(int(budget))}"
 
 
 def markdown_table(decode_batch: int = 32, decode_length: int = 2048) -> str:
