@@ -1,8 +1,9 @@
 """The explicit key/value cache pytree shared by every decoder call.
 
 Layout (one for all models): `k` and `v` are `[L, B, K, S, H]` stacked over
-layers (slots next to the head dim, so a decode step's attention is a plain
-batched matmul over (B, K) without transposing the cache); slot `s` of
+layers, or tuples of L arrays `[B, K, S, H]` for unrolled layers (slots next
+to the head dim, so a decode step's attention is a plain batched matmul over
+(B, K) without transposing the cache); slot `s` of
 every row holds the token fed at decoding time step `s`, so all rows advance
 together. Rows are left padded: `valid_BxS` marks which
 slots hold real tokens, and `index` is the next slot to write. A token's RoPE
@@ -25,27 +26,43 @@ from ram_jax.config import ModelConfig
 class KVCache:
     """Per-layer keys and values, slot validity and the write index."""
 
-    k_LxBxKxSxH: jax.Array
-    v_LxBxKxSxH: jax.Array
+    k_LxBxKxSxH: jax.Array | tuple[jax.Array, ...]
+    v_LxBxKxSxH: jax.Array | tuple[jax.Array, ...]
     valid_BxS: jax.Array
     index: jax.Array
 
     @property
+    def per_layer(self) -> bool:
+        """Keys and values are tuples of L arrays `[B, K, S, H]` (unrolled layers)."""
+        return isinstance(self.k_LxBxKxSxH, (tuple, list))
+
+    @property
     def max_length(self) -> int:
-        return self.k_LxBxKxSxH.shape[3]
+        return self.valid_BxS.shape[1]
 
     def lengths(self) -> jax.Array:
         """Real tokens held per row, shape [B]."""
         return jnp.sum(self.valid_BxS, axis=-1, dtype=jnp.int32)
 
 
-def init_cache(config: ModelConfig, batch: int, max_length: int, dtype=None) -> KVCache:
-    """An empty cache for `batch` rows and `max_length` slots (compute dtype by default)."""
+def init_cache(
+    config: ModelConfig, batch: int, max_length: int, dtype=None, *, per_layer: bool = False
+) -> KVCache:
+    """An empty cache for `batch` rows and `max_length` slots (compute dtype by default).
+
+    `per_layer=True` holds one `[B, K, S, H]` array per layer, for params from
+    `transformer.unstack_layers`.
+    """
     shape = (config.num_layers, batch, config.num_kv_heads, max_length, config.head_dim)
     dtype = dtype or config.jnp_dtype
+    if per_layer:
+        k = tuple(jnp.zeros(shape[1:], dtype) for _ in range(config.num_layers))
+        v = tuple(jnp.zeros(shape[1:], dtype) for _ in range(config.num_layers))
+    else:
+        k, v = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
     return KVCache(
-        k_LxBxKxSxH=jnp.zeros(shape, dtype),
-        v_LxBxKxSxH=jnp.zeros(shape, dtype),
+        k_LxBxKxSxH=k,
+        v_LxBxKxSxH=v,
         valid_BxS=jnp.zeros((batch, max_length), bool),
         index=jnp.zeros((), jnp.int32),
     )

@@ -28,9 +28,18 @@ from ram_jax import batching, modes
 from ram_jax import sampling as S
 from ram_jax.cache import KVCache, init_cache
 from ram_jax.config import ModelConfig
-from ram_jax.transformer import forward
+from ram_jax.transformer import forward, unstack_layers
 
-STATIC = ("p_config", "q_config", "sampling", "max_new_tokens", "vocab_size", "eos_ids", "pad_id")
+STATIC = (
+    "p_config",
+    "q_config",
+    "sampling",
+    "max_new_tokens",
+    "vocab_size",
+    "eos_ids",
+    "pad_id",
+    "unroll_layers",
+)
 
 
 @jax.tree_util.register_dataclass
@@ -74,6 +83,20 @@ def step_keys(row_keys_B: jax.Array, start, count: int) -> jax.Array:
     return jax.vmap(lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(row_keys_B))(steps)
 
 
+def arrange_layers(p_params, q_params, unroll_layers: bool | None):
+    """Both models' params in the decoder's layer layout (inside `jit`).
+
+    `unroll_layers=None` unrolls on CPU, where a matmul on a slice of stacked
+    weights or caches first copies the slice (`transformer.unstack_layers`),
+    and keeps the layer scan elsewhere (compile time, no second weight copy).
+    """
+    if unroll_layers is None:
+        unroll_layers = jax.default_backend() == "cpu"
+    if not unroll_layers:
+        return p_params, q_params
+    return tuple(None if p is None else unstack_layers(p) for p in (p_params, q_params))
+
+
 def _slice(logits_Bx1xV: jax.Array, vocab_size: int) -> jax.Array:
     # Padded embedding rows (ids >= tokenizer length) are dropped before any rule.
     return logits_Bx1xV[:, 0, :vocab_size]
@@ -100,7 +123,8 @@ def prefill(
         if params is None:
             out[name] = (None, None)
             continue
-        cache = init_cache(config, b, slots)
+        per_layer = isinstance(params["layers"], (tuple, list))
+        cache = init_cache(config, b, slots, per_layer=per_layer)
         logits, cache = forward(
             params, tokens_BxT, config, mask_BxT=mask_BxT, cache=cache, last_only=True
         )
@@ -228,6 +252,7 @@ def decode(
     vocab_size: int,
     eos_ids: tuple[int, ...] = (),
     pad_id: int = 0,
+    unroll_layers: bool | None = None,
 ) -> DecodeOutput:
     """Decodes a left-padded batch with proposal P and/or aligner Q (jitted).
 
@@ -241,10 +266,13 @@ def decode(
       max_new_tokens: R, steps to decode.
       vocab_size: tokenizer length; logits are sliced to it.
       eos_ids: ids that finish a row. pad_id: id emitted after that.
+      unroll_layers: the layer layout (`arrange_layers`; default: unrolled
+        on CPU). The tokens do not depend on it.
 
     Returns:
       A `DecodeOutput` (`seq_sir` rows are the proposals, not yet resampled).
     """
+    p_params, q_params = arrange_layers(p_params, q_params, unroll_layers)
     kw = dict(p_config=p_config, q_config=q_config, vocab_size=vocab_size)
     state = prefill(
         p_params,
@@ -310,6 +338,7 @@ def generate(
     pad_id: int = 0,
     batch_size: int | None = None,
     min_bucket: int = 16,
+    unroll_layers: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """Decodes prompt token lists; returns numpy arrays, one row per prompt.
 
@@ -345,6 +374,7 @@ def generate(
         vocab_size=vocab_size,
         eos_ids=tuple(int(e) for e in eos_ids),
         pad_id=int(pad_id),
+        unroll_layers=unroll_layers,
     )
     results = []
     for start in range(0, len(rows), width):

@@ -15,7 +15,16 @@ import jax.numpy as jnp
 
 from ram_jax import sampling as S
 from ram_jax.config import ModelConfig
-from ram_jax.decode import STATIC, DecodeOutput, advance, emit, prefill, stack_outputs, step_keys
+from ram_jax.decode import (
+    STATIC,
+    DecodeOutput,
+    advance,
+    arrange_layers,
+    emit,
+    prefill,
+    stack_outputs,
+    step_keys,
+)
 
 
 @functools.partial(jax.jit, static_argnames=STATIC)
@@ -33,8 +42,10 @@ def decode_until_done(
     vocab_size: int,
     eos_ids: tuple[int, ...] = (),
     pad_id: int = 0,
+    unroll_layers: bool | None = None,
 ) -> DecodeOutput:
     """`decode.decode` (same arguments and output) that stops when all rows are done."""
+    p_params, q_params = arrange_layers(p_params, q_params, unroll_layers)
     n = max_new_tokens
     kw = dict(p_config=p_config, q_config=q_config, vocab_size=vocab_size)
     emit_kw = dict(sampling=sampling, eos_ids=eos_ids, pad_id=pad_id)

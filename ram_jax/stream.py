@@ -25,10 +25,13 @@ _MODEL = ("p_config", "q_config", "vocab_size")
 _EMIT = ("sampling", "eos_ids", "pad_id")
 
 
-@functools.partial(jax.jit, static_argnames=_MODEL + _EMIT + ("slots",))
-def _start(p_params, q_params, tokens_BxT, mask_BxT, row_keys_B, *, slots, **static):
+@functools.partial(jax.jit, static_argnames=_MODEL + _EMIT + ("slots", "unroll_layers"))
+def _start(
+    p_params, q_params, tokens_BxT, mask_BxT, row_keys_B, *, slots, unroll_layers=None, **static
+):
     model = {k: static[k] for k in _MODEL}
     emit = {k: static[k] for k in _EMIT}
+    p_params, q_params = D.arrange_layers(p_params, q_params, unroll_layers)
     state = D.prefill(
         p_params,
         q_params,
@@ -47,6 +50,8 @@ def _continue(state, p_params, q_params, row_keys_B, start, *, chunk, **static):
     model = {k: static[k] for k in _MODEL}
     emit = {k: static[k] for k in _EMIT}
     keys_RxB = D.step_keys(row_keys_B, start, chunk)
+    cache = state.p_cache if state.p_cache is not None else state.q_cache
+    p_params, q_params = D.arrange_layers(p_params, q_params, cache.per_layer)
     return D.run_steps(state, p_params, q_params, keys_RxB, **model, **emit)
 
 
@@ -65,6 +70,7 @@ def stream(
     eos_ids: Sequence[int] = (),
     pad_id: int = 0,
     chunk: int = 16,
+    unroll_layers: bool | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields decoded chunks of a left-padded batch as numpy dicts.
 
@@ -73,6 +79,7 @@ def stream(
     step), each `[B, steps]`: the first chunk has 1 step, later ones up to
     `chunk`; together exactly `max_new_tokens` steps unless every row finished
     earlier. `seq_sir` cannot stream (it resamples whole responses).
+    `unroll_layers` is `decode.decode`'s layer layout.
     """
     if sampling.mode == "seq_sir":
         raise ValueError("mode 'seq_sir' cannot stream: it resamples finished responses.")
@@ -93,7 +100,16 @@ def stream(
         pad_id=int(pad_id),
     )
     slots = tokens_BxT.shape[1] + 1 + rest
-    state, out = _start(p_params, q_params, tokens_BxT, mask_BxT, row_keys_B, slots=slots, **static)
+    state, out = _start(
+        p_params,
+        q_params,
+        tokens_BxT,
+        mask_BxT,
+        row_keys_B,
+        slots=slots,
+        unroll_layers=unroll_layers,
+        **static,
+    )
     emitted = 0
     while True:
         host = _to_host(out, max_new_tokens - emitted)

@@ -78,6 +78,17 @@ class Attention(nnx.Module):
         new_k, new_v = new_k.transpose(0, 2, 1, 3), new_v.transpose(0, 2, 1, 3)
         if kv is None:
             keys_BxKxSxH, values_BxKxSxH = new_k, new_v
+        elif layer is None:
+            # This layer's own cache arrays (unrolled layers): write, then read whole.
+            keys_BxKxSxH, values_BxKxSxH, index = kv
+            start = (0, 0, index, 0)
+            keys_BxKxSxH = jax.lax.dynamic_update_slice(
+                keys_BxKxSxH, new_k.astype(keys_BxKxSxH.dtype), start
+            )
+            values_BxKxSxH = jax.lax.dynamic_update_slice(
+                values_BxKxSxH, new_v.astype(values_BxKxSxH.dtype), start
+            )
+            kv = (keys_BxKxSxH, values_BxKxSxH, index)
         else:
             # Write this block's keys/values into the stacked cache in place,
             # then read the layer's full history back for attention.
@@ -154,7 +165,15 @@ class Transformer(nnx.Module):
             self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, rngs)
 
     def __call__(
-        self, tokens_BxT, positions_BxT, mask_BxTxS, kv=None, *, remat=False, last_only=False
+        self,
+        tokens_BxT,
+        positions_BxT,
+        mask_BxTxS,
+        kv=None,
+        *,
+        remat=False,
+        last_only=False,
+        layer_states=None,
     ):
         cfg = self.cfg
         inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
@@ -169,8 +188,18 @@ class Transformer(nnx.Module):
 
         if remat:
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-        layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-        (x, kv), _ = jax.lax.scan(body, (x, kv), (layers_state, layer_ids))
+        if layer_states is not None:
+            # Unrolled: every layer's weights and cache are arrays of their own.
+            per_layer_kv = []
+            for i, layer_state in enumerate(layer_states):
+                layer_kv = None if kv is None else (kv[0][i], kv[1][i], kv[2])
+                (x, layer_kv), _ = body((x, layer_kv), (layer_state, None))
+                per_layer_kv.append(layer_kv)
+            if kv is not None:
+                kv = tuple(tuple(c[j] for c in per_layer_kv) for j in (0, 1)) + (kv[2],)
+        else:
+            layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+            (x, kv), _ = jax.lax.scan(body, (x, kv), (layers_state, layer_ids))
         if last_only:
             x = x[:, -1:]
         x = self.final_norm(x)
@@ -201,6 +230,31 @@ def count_params(params: Params) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
+def unstack_layers(params: Params) -> Params:
+    """`params` with `layers` as a tuple of per-layer dicts: `forward` then unrolls.
+
+    Unrolled layers read their own weight and cache arrays instead of slices
+    of stacked ones. XLA on CPU copies every slice a matmul reads, so a cached
+    decode step there runs markedly faster unrolled (see
+    `experiments/bench_decode.py`); compile time grows with depth. Use with a
+    cache from `init_cache(..., per_layer=True)`. Inside `jit` the slices are
+    taken once per call.
+    """
+    layers = params["layers"]
+    if isinstance(layers, (tuple, list)):
+        return params
+    n = jax.tree.leaves(layers)[0].shape[0]
+    per_layer = [
+        jax.tree.map(functools.partial(jnp.take, indices=i, axis=0), layers) for i in range(n)
+    ]
+    return {**params, "layers": tuple(per_layer)}
+
+
+@functools.lru_cache(maxsize=64)
+def _abstract_layers(config: ModelConfig):
+    return abstract_params(config)["layers"]
+
+
 def forward(
     params: Params,
     tokens_BxT: jax.Array,
@@ -220,7 +274,9 @@ def forward(
     a prompt prefill when the cache is empty, one decode step when T == 1.
 
     Args:
-      params: parameters from `init_params` or `ram_jax.convert.load_hf`.
+      params: parameters from `init_params` or `ram_jax.convert.load_hf`, or
+        `unstack_layers` of them (layers unrolled; the cache must then be
+        per layer too).
       tokens_BxT: int token ids; padding positions hold any id.
       config: the model's `ModelConfig` (static under jit).
       mask_BxT: True for real tokens (default: all real).
@@ -251,8 +307,26 @@ def forward(
         query_slots_T = cache.index + jnp.arange(t)
         attn_mask = valid_BxS[:, None, :] & (slots_S[None, :] <= query_slots_T[:, None])[None]
         kv = (cache.k_LxBxKxSxH, cache.v_LxBxKxSxH, cache.index)
+    layer_states = None
+    if isinstance(params["layers"], (tuple, list)):
+        layer_states = params["layers"]
+        # The stacked layers are never read on this path: shapes stand in for them.
+        params = {**params, "layers": _abstract_layers(config)}
+    if cache is not None and cache.per_layer != (layer_states is not None):
+        raise ValueError(
+            "params and cache disagree on the layer layout: pass `unstack_layers(params)` "
+            "with `init_cache(..., per_layer=True)`, or stacked params with a stacked cache."
+        )
     model = nnx.merge(graphdef(config), params)
-    logits, kv = model(tokens_BxT, positions_BxT, attn_mask, kv, remat=remat, last_only=last_only)
+    logits, kv = model(
+        tokens_BxT,
+        positions_BxT,
+        attn_mask,
+        kv,
+        remat=remat,
+        last_only=last_only,
+        layer_states=layer_states,
+    )
     if cache is not None:
         cache = KVCache(kv[0], kv[1], valid_BxS, cache.index + t)
     return logits, cache

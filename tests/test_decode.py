@@ -128,6 +128,13 @@ def test_while_loop_variant_equals_scan(models, batch, reference):
         np.testing.assert_array_equal(loop[name], scan[name], err_msg=name)
 
 
+@pytest.mark.parametrize("unroll_layers", [False, True])
+def test_layer_layouts_give_same_tokens(models, batch, reference, unroll_layers):
+    out = vars(jax.tree.map(np.asarray, _decode(models, *batch, unroll_layers=unroll_layers)))
+    np.testing.assert_array_equal(out["tokens_BxR"], reference["tokens_BxR"])
+    np.testing.assert_allclose(out["logprobs_p_BxR"], reference["logprobs_p_BxR"], atol=1e-5)
+
+
 def test_rows_equal_rows_decoded_alone(models, batch, reference):
     tokens, mask, keys = batch
     assert 0 < reference["aligner_branch_BxR"].mean() < 1, "both par_kl branches must occur"

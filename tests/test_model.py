@@ -14,7 +14,13 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from ram_jax.cache import init_cache
 from ram_jax.config import from_hf_dict, get_preset
 from ram_jax.rope import inverse_frequencies
-from ram_jax.transformer import abstract_params, count_params, forward, init_params
+from ram_jax.transformer import (
+    abstract_params,
+    count_params,
+    forward,
+    init_params,
+    unstack_layers,
+)
 from tests import hf_fixtures as hf
 
 _forward = jax.jit(forward, static_argnums=2)
@@ -36,9 +42,9 @@ def model(request):
     return config, params, tokens.astype(np.int32), mask
 
 
-def _cached_logits(params, config, tokens, mask):
+def _cached_logits(params, config, tokens, mask, per_layer=False):
     """Prefill the prompt slots, then decode the rest one token per step."""
-    cache = init_cache(config, tokens.shape[0], tokens.shape[1])
+    cache = init_cache(config, tokens.shape[0], tokens.shape[1], per_layer=per_layer)
     prefill, cache = _forward(
         params, tokens[:, :PROMPT], config, mask_BxT=mask[:, :PROMPT], cache=cache
     )
@@ -59,6 +65,19 @@ def test_cached_decoding_equals_full_forward(model):
     cached = _cached_logits(params, config, tokens, mask)
     assert np.abs(np.asarray(full)[mask]).max() > 1.0  # logits of a non-trivial size
     assert hf.max_real_diff(cached, full, mask) <= 1e-5
+
+
+def test_unrolled_layers_equal_layer_scan(model):
+    config, params, tokens, mask = model
+    unrolled = unstack_layers(params)
+    assert len(unrolled["layers"]) == config.num_layers
+    full, _ = _forward(params, tokens, config, mask_BxT=mask)
+    full_unrolled, _ = _forward(unrolled, tokens, config, mask_BxT=mask)
+    assert hf.max_real_diff(full_unrolled, full, mask) <= 1e-6
+    cached = _cached_logits(unrolled, config, tokens, mask, per_layer=True)
+    assert hf.max_real_diff(cached, full, mask) <= 1e-5
+    with pytest.raises(ValueError, match="disagree on the layer layout"):
+        forward(unrolled, tokens, config, cache=init_cache(config, tokens.shape[0], 32))
 
 
 def test_row_alone_equals_row_in_padded_batch(model):
