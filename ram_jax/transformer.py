@@ -18,6 +18,7 @@ depth. Parameter layout (HF name in brackets; kernels are `[in, out]`):
 from __future__ import annotations
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -244,9 +245,7 @@ def unstack_layers(params: Params) -> Params:
     if isinstance(layers, (tuple, list)):
         return params
     n = jax.tree.leaves(layers)[0].shape[0]
-    per_layer = [
-        jax.tree.map(functools.partial(jnp.take, indices=i, axis=0), layers) for i in range(n)
-    ]
+    per_layer = [jax.tree.map(operator.itemgetter(i), layers) for i in range(n)]
     return {**params, "layers": tuple(per_layer)}
 
 
