@@ -229,25 +229,40 @@ def top_p_filter(logits_xV: jax.Array, top_p: float, bound: int = 64) -> jax.Arr
     return _keep_at_least(logits_xV, threshold_x1)
 
 
-def _bisect_threshold(logits_xV, log_z_x1, top_p: float, steps: int = 64) -> jax.Array:
-    """The largest logit t with mass(logits >= t) >= top_p, by bisection on values.
+def _order_key(x: jax.Array) -> jax.Array:
+    """uint32 keys with the order of the float32 values (-0.0 just below +0.0)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    bits = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+    return jax.lax.bitcast_convert_type(bits, jnp.uint32) ^ jnp.uint32(0x80000000)
 
-    Invariant: mass(>= lo) >= top_p > mass(>= hi). Once lo and hi are adjacent
-    floats some logit lies in [lo, hi), so it equals lo: the exact threshold.
+
+def _from_order_key(key: jax.Array) -> jax.Array:
+    bits = jax.lax.bitcast_convert_type(key ^ jnp.uint32(0x80000000), jnp.int32)
+    bits = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _bisect_threshold(logits_xV, log_z_x1, top_p: float) -> jax.Array:
+    """The largest logit t with mass(logits >= t) >= top_p, by bisection on float order.
+
+    Bisects the uint32 keys that order float32 values, so 32 halvings of the
+    key range always end on adjacent keys. Invariant: mass(key >= lo) >=
+    top_p > mass(key >= hi); once hi = lo + 1 some logit has key lo, and
+    it is the exact threshold. One masked sum over the vocabulary per step.
     """
     probs_xV = jnp.exp(logits_xV - log_z_x1)
+    keys_xV = _order_key(logits_xV)
     finite_xV = jnp.isfinite(logits_xV)
-    lo = jnp.min(jnp.where(finite_xV, logits_xV, jnp.inf), axis=-1, keepdims=True)
-    top = jnp.max(logits_xV, axis=-1, keepdims=True)
-    hi = jnp.nextafter(top, jnp.full_like(top, jnp.inf))
+    lo = jnp.min(jnp.where(finite_xV, keys_xV, jnp.uint32(0xFFFFFFFF)), axis=-1, keepdims=True)
+    hi = jnp.max(jnp.where(finite_xV, keys_xV, 0), axis=-1, keepdims=True) + 1
 
     def body(_, bounds):
         lo, hi = bounds
-        mid = lo + (hi - lo) / 2
-        ok = jnp.sum(jnp.where(logits_xV >= mid, probs_xV, 0.0), -1, keepdims=True) >= top_p
+        mid = lo + (hi - lo) // 2
+        ok = jnp.sum(jnp.where(keys_xV >= mid, probs_xV, 0.0), -1, keepdims=True) >= top_p
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
-    return jax.lax.fori_loop(0, steps, body, (lo, hi))[0]
+    return _from_order_key(jax.lax.fori_loop(0, 32, body, (lo, hi))[0])
 
 
 def repetition_penalty(logits_xV: jax.Array, seen_xV: jax.Array, penalty: float) -> jax.Array:
@@ -285,16 +300,43 @@ def sample(keys_B: jax.Array, logits_BxV: jax.Array, greedy: bool) -> jax.Array:
     return draw_from_cdf(keys_B, logits_BxV, 1)[:, 0]
 
 
+_CDF_BLOCK = 128
+
+
 def draw_from_cdf(keys_B: jax.Array, logits_BxV: jax.Array, n: int) -> jax.Array:
-    """n i.i.d. tokens per row from softmax(logits), `[B, n]`, by inverse CDF."""
+    """n i.i.d. tokens per row from softmax(logits), `[B, n]`, by inverse CDF.
+
+    Two levels, so no cumulative sum runs over the whole vocabulary: the
+    uniform first picks a block of `_CDF_BLOCK` tokens by the blocks'
+    cumulative masses, then a token inside that block by the block's own
+    cumulative probabilities. A token of probability 0 owns an empty interval
+    and is never drawn; float rounding at a top edge is clipped to the last
+    block (token) with mass.
+    """
+    b, v = logits_BxV.shape
+    blocks = -(-v // _CDF_BLOCK)
     probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
-    cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
-    u_BxC = jax.vmap(lambda k: jax.random.uniform(k, (n,)))(keys_B) * cdf_BxV[:, -1:]
-    idx_BxC = jax.vmap(lambda c, u: jnp.searchsorted(c, u, side="right"))(cdf_BxV, u_BxC)
-    # Float rounding can put u at the very top: clip to the last token with mass.
-    v = logits_BxV.shape[-1]
-    last_B = v - 1 - jnp.argmax(probs_BxV[:, ::-1] > 0, axis=-1)
-    return jnp.minimum(idx_BxC, last_B[:, None]).astype(jnp.int32)
+    probs_BxV = jnp.pad(probs_BxV, ((0, 0), (0, blocks * _CDF_BLOCK - v)))
+    probs_BxNxK = probs_BxV.reshape(b, blocks, _CDF_BLOCK)
+    mass_BxN = jnp.sum(probs_BxNxK, axis=-1)
+    cdf_BxN = jnp.cumsum(mass_BxN, axis=-1)
+    u_BxC = jax.vmap(lambda k: jax.random.uniform(k, (n,)))(keys_B) * cdf_BxN[:, -1:]
+    block_BxC = _search_clipped(cdf_BxN, mass_BxN, u_BxC)
+    before_BxC = jnp.where(
+        block_BxC > 0, jnp.take_along_axis(cdf_BxN, jnp.maximum(block_BxC - 1, 0), -1), 0.0
+    )
+    inner_BxCxK = jnp.take_along_axis(probs_BxNxK, block_BxC[..., None], axis=1)
+    inner_cdf_BxCxK = jnp.cumsum(inner_BxCxK, axis=-1)
+    flat = lambda x: x.reshape(b * n, -1)
+    token = _search_clipped(flat(inner_cdf_BxCxK), flat(inner_BxCxK), flat(u_BxC - before_BxC))
+    return (block_BxC * _CDF_BLOCK + token.reshape(b, n)).astype(jnp.int32)
+
+
+def _search_clipped(cdf_RxN, mass_RxN, u_RxC) -> jax.Array:
+    """Per row, the first index whose cdf exceeds u, at most the last index with mass."""
+    idx_RxC = jax.vmap(lambda c, u: jnp.searchsorted(c, u, side="right"))(cdf_RxN, u_RxC)
+    last_Rx1 = mass_RxN.shape[-1] - 1 - jnp.argmax(mass_RxN[:, ::-1] > 0, axis=-1, keepdims=True)
+    return jnp.minimum(idx_RxC, last_Rx1)
 
 
 def token_logprobs(logits_BxV: jax.Array, tokens_B: jax.Array) -> jax.Array:

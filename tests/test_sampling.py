@@ -19,7 +19,7 @@ import pytest
 
 from ram_jax import decode, modes
 from ram_jax.config import ModelConfig
-from ram_jax.sampling import SamplingConfig, top_k_filter, top_p_filter
+from ram_jax.sampling import SamplingConfig, draw_from_cdf, top_k_filter, top_p_filter
 from ram_jax.transformer import abstract_params, forward
 from tests.hf_fixtures import random_params
 
@@ -304,6 +304,43 @@ def test_top_p_bisection_fallback_is_exact():
         # float32 vs float64 masses may disagree only on a token right at the boundary
         assert np.abs(got.sum(1) - want.sum(1)).max() <= 1
         assert (got != want).sum() <= 2, (got != want).sum()
+
+
+def test_top_p_bisection_exact_on_wide_ranges_and_removed_tokens():
+    # Negative and positive logits over many binades, -0.0 / +0.0 and removed
+    # (-inf) tokens: the bisection on float order keys must find the full-sort
+    # threshold whatever the spread.
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((16, 300)) * np.logspace(-3, 3, 300)).astype(np.float32)
+    x[:, :40] = -np.inf
+    x[:, 50], x[:, 51] = -0.0, 0.0
+    for p in (0.05, 0.5, 0.99):
+        got = np.isfinite(np.asarray(top_p_filter(jnp.asarray(x), p, 2)))
+        want = np.stack([np.isfinite(np_top_p(row.astype(np.float64), p)) for row in x])
+        assert not got[:, :40].any()
+        assert (got != want).sum() <= 1, (p, (got != want).sum())
+
+
+def test_sampler_draws_exact_distribution_across_blocks():
+    # 517 tokens: five CDF blocks, the last one partial; a third of the tokens removed.
+    rng = np.random.default_rng(3)
+    v, n = 517, 200_000
+    logits = rng.normal(0, 1.5, v).astype(np.float32)
+    logits[rng.random(v) < 0.33] = -np.inf
+    logits[-1] = 2.0  # mass in the padded last block
+    probs = np.exp(np_log_softmax(logits.astype(np.float64)))
+    keys = jax.random.split(jax.random.key(4), 4)
+    draws = np.asarray(
+        jax.jit(draw_from_cdf, static_argnums=2)(keys, jnp.tile(logits, (4, 1)), n // 4)
+    )
+    assert np.isfinite(logits[draws]).all(), "a removed token was drawn"
+    counts = dict(zip(*np.unique(draws, return_counts=True), strict=True))
+    exact = {i: float(q) for i, q in enumerate(probs) if q > 0}
+    assert tv(counts, exact, n) < noise_quantile(exact, n)
+    wrong = np.exp(np_log_softmax(logits.astype(np.float64) / 1.1))
+    assert tv(counts, {i: float(q) for i, q in enumerate(wrong) if q > 0}, n) > noise_quantile(
+        exact, n
+    )
 
 
 @pytest.mark.parametrize(
