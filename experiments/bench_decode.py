@@ -27,6 +27,10 @@ Measured in one run, on whatever device JAX and torch find (CPU here):
            and the batch-32 decode step's skinny shapes), measured here.
   peak_fraction: FLOPs per token (2 x matmul parameters of both models incl.
            the LM heads + attention 4 x L x context x N x H) x tokens/s / peak.
+  roofline: the least time a batch-32 par_kl step can take here in float32:
+           each of its weight matmuls alone at its best measured speed, plus
+           one streaming read of both KV caches at the measured read
+           bandwidth; its peak fraction is the most any decoder could reach.
 
 One JSON record per configuration, then a table; the last line is one JSON
 object with the headline ratios. Other processes on a shared machine make the
@@ -125,6 +129,53 @@ def matmul_peak(repeats=5) -> float:
             out.block_until_ready()
             best = max(best, reps * 2 * m * k * n / (time.perf_counter() - t0))
     return best
+
+
+def step_matmuls(config: ModelConfig, batch: int) -> list[tuple[int, int, int, int]]:
+    """(m, k, n, count) of every weight matmul in one decode step of `batch` rows."""
+    d, f = config.hidden_size, config.intermediate_size
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    layer = [(d, q, 1), (d, kv, 2), (q, d, 1), (d, f, 2), (f, d, 1)]
+    out = [(batch, k, n, c * config.num_layers) for k, n, c in layer]
+    return out + [(batch, d, config.vocab_size, 1)]
+
+
+def matmul_seconds(shapes, repeats=5) -> float:
+    """Seconds for one pass over `shapes` (m, k, n, count), each timed alone at its best."""
+    total = 0.0
+    for m, k, n, count in shapes:
+        a = jnp.ones((m, k), jnp.float32)
+        b = jnp.ones((k, n), jnp.float32)
+        f = jax.jit(lambda a, b: a @ b)
+        f(a, b).block_until_ready()
+        reps = max(1, int(2e8 / (2 * m * k * n)))
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                out = f(a, b)
+            out.block_until_ready()
+            best = min(best, (time.perf_counter() - t0) / reps)
+        total += count * best
+    return total
+
+
+def read_bandwidth(nbytes=256 << 20, repeats=5) -> float:
+    """Bytes/s of a jitted sum over a large float32 array (a pure streaming read)."""
+    x = jnp.ones((nbytes // 4,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    f(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(x).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def cache_bytes(config: ModelConfig, batch: int, context: int) -> int:
+    """Float32 keys and values one decode step reads at `context` slots."""
+    return 2 * 4 * config.num_layers * batch * config.num_kv_heads * context * config.head_dim
 
 
 def bench_mode(name, models, batch, prompt, new, repeats):
@@ -323,6 +374,23 @@ def main():
     )
     style = bench_aligner_style(models, prompt, new)
     print(json.dumps({"config": "aligner_style_b1", "ttft_s": style}))
+    # The roofline of the batch-32 par_kl step on this machine: its weight matmuls, each
+    # at the best speed measured for its own shape, plus one streaming read of both
+    # float32 KV caches (all prompt + new slots). No decoder can beat this in float32.
+    matmul_s = matmul_seconds(step_matmuls(PROPOSAL, 32) + step_matmuls(ALIGNER, 32))
+    bandwidth = read_bandwidth()
+    read_s = sum(cache_bytes(c, 32, prompt + new) for c in (PROPOSAL, ALIGNER)) / bandwidth
+    b32 = records["par_kl_b32"]
+    bound_step = matmul_s + read_s
+    roofline = {
+        "config": "roofline_par_kl_b32",
+        "matmul_ms": 1e3 * matmul_s,
+        "cache_read_ms": 1e3 * read_s,
+        "read_gb_per_s": bandwidth / 1e9,
+        "bound_step_ms": 1e3 * bound_step,
+        "peak_fraction_bound": b32["peak_fraction"] * b32["step_s"] / bound_step,
+    }
+    print(json.dumps(roofline))
 
     print(f"\n{'config':<20}{'ttft ms':>10}{'step ms':>10}{'tok/s':>10}{'peak':>8}")
     for r in records.values():
@@ -332,10 +400,13 @@ def main():
         )
     print(f"{'torch_reference_b1':<20}{'':>10}{1e3 / torch_tps:>10.2f}{torch_tps:>10.1f}")
     print(f"{'aligner_style_b1':<20}{1e3 * style:>10.1f}")
-    b32 = records["par_kl_b32"]
+    print(f"{'roofline_b32':<20}{'':>10}{1e3 * bound_step:>10.2f}{32 / bound_step:>10.1f}", end="")
+    print(f"{roofline['peak_fraction_bound']:>8.2f}")
     summary = {
         "par_kl_b32_vs_torch_reference": b32["tokens_per_s"] / torch_tps,
         "par_kl_b32_peak_fraction": b32["peak_fraction"],
+        "par_kl_b32_peak_fraction_bound": roofline["peak_fraction_bound"],
+        "par_kl_b32_step_vs_bound": bound_step / b32["step_s"],
         "par_kl_vs_model_steps": (
             records["proposal_only_b32"]["step_s"] + records["aligner_only_b32"]["step_s"]
         )
