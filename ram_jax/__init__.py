@@ -67,6 +67,7 @@ from ram_jax.transformer import (
     count_params,
     forward,
     init_params,
+    unstack_layers,
 )
 
 __all__ = [
@@ -120,4 +121,5 @@ __all__ = [
     "slice_vocab",
     "state_shardings",
     "tokenizer_length",
+    "unstack_layers",
 ]

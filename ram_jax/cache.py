@@ -1,9 +1,10 @@
 """The explicit key/value cache pytree shared by every decoder call.
 
-Layout (one for all models): `k` and `v` are `[L, B, K, S, H]` stacked over
-layers, or tuples of L arrays `[B, K, S, H]` for unrolled layers (slots next
-to the head dim, so a decode step's attention is a plain batched matmul over
-(B, K) without transposing the cache); slot `s` of
+Layout (one for all models): keys `[L, B, K, H, S]` and values
+`[L, B, K, S, H]` stacked over layers, or tuples of L arrays `[B, K, H, S]` /
+`[B, K, S, H]` for unrolled layers. Both attention matmuls of a decode step
+then read the cache in place (scores contract the keys' H rows, the output
+the values' S rows); slot `s` of
 every row holds the token fed at decoding time step `s`, so all rows advance
 together. Rows are left padded: `valid_BxS` marks which
 slots hold real tokens, and `index` is the next slot to write. A token's RoPE
@@ -26,15 +27,15 @@ from ram_jax.config import ModelConfig
 class KVCache:
     """Per-layer keys and values, slot validity and the write index."""
 
-    k_LxBxKxSxH: jax.Array | tuple[jax.Array, ...]
+    k_LxBxKxHxS: jax.Array | tuple[jax.Array, ...]
     v_LxBxKxSxH: jax.Array | tuple[jax.Array, ...]
     valid_BxS: jax.Array
     index: jax.Array
 
     @property
     def per_layer(self) -> bool:
-        """Keys and values are tuples of L arrays `[B, K, S, H]` (unrolled layers)."""
-        return isinstance(self.k_LxBxKxSxH, (tuple, list))
+        """Keys and values are tuples of L arrays (unrolled layers)."""
+        return isinstance(self.k_LxBxKxHxS, (tuple, list))
 
     @property
     def max_length(self) -> int:
@@ -50,18 +51,19 @@ def init_cache(
 ) -> KVCache:
     """An empty cache for `batch` rows and `max_length` slots (compute dtype by default).
 
-    `per_layer=True` holds one `[B, K, S, H]` array per layer, for params from
+    `per_layer=True` holds one keys and one values array per layer, for params from
     `transformer.unstack_layers`.
     """
-    shape = (config.num_layers, batch, config.num_kv_heads, max_length, config.head_dim)
+    k_shape = (config.num_layers, batch, config.num_kv_heads, config.head_dim, max_length)
+    v_shape = (config.num_layers, batch, config.num_kv_heads, max_length, config.head_dim)
     dtype = dtype or config.jnp_dtype
     if per_layer:
-        k = tuple(jnp.zeros(shape[1:], dtype) for _ in range(config.num_layers))
-        v = tuple(jnp.zeros(shape[1:], dtype) for _ in range(config.num_layers))
+        k = tuple(jnp.zeros(k_shape[1:], dtype) for _ in range(config.num_layers))
+        v = tuple(jnp.zeros(v_shape[1:], dtype) for _ in range(config.num_layers))
     else:
-        k, v = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+        k, v = jnp.zeros(k_shape, dtype), jnp.zeros(v_shape, dtype)
     return KVCache(
-        k_LxBxKxSxH=k,
+        k_LxBxKxHxS=k,
         v_LxBxKxSxH=v,
         valid_BxS=jnp.zeros((batch, max_length), bool),
         index=jnp.zeros((), jnp.int32),

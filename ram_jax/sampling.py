@@ -229,40 +229,32 @@ def top_p_filter(logits_xV: jax.Array, top_p: float, bound: int = 64) -> jax.Arr
     return _keep_at_least(logits_xV, threshold_x1)
 
 
-def _order_key(x: jax.Array) -> jax.Array:
-    """uint32 keys with the order of the float32 values (-0.0 just below +0.0)."""
-    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
-    bits = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
-    return jax.lax.bitcast_convert_type(bits, jnp.uint32) ^ jnp.uint32(0x80000000)
-
-
-def _from_order_key(key: jax.Array) -> jax.Array:
-    bits = jax.lax.bitcast_convert_type(key ^ jnp.uint32(0x80000000), jnp.int32)
-    bits = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
-    return jax.lax.bitcast_convert_type(bits, jnp.float32)
-
-
 def _bisect_threshold(logits_xV, log_z_x1, top_p: float) -> jax.Array:
-    """The largest logit t with mass(logits >= t) >= top_p, by bisection on float order.
+    """The smallest kept logit, by bisection on the float32 probabilities' bit patterns.
 
-    Bisects the uint32 keys that order float32 values, so 32 halvings of the
-    key range always end on adjacent keys. Invariant: mass(key >= lo) >=
-    top_p > mass(key >= hi); once hi = lo + 1 some logit has key lo, and
-    it is the exact threshold. One masked sum over the vocabulary per step.
+    For probabilities (>= 0) the uint32 bit pattern has the order of the
+    value, so 32 halvings of the bit range always end on adjacent patterns.
+    Invariant: mass(bits >= lo) >= top_p > mass(bits >= hi); once hi = lo + 1
+    some token has probability bits lo, and every token at least that
+    probable is kept (tokens whose float32 probabilities are equal count as
+    tied). Each step is one masked sum over one float32 array.
     """
     probs_xV = jnp.exp(logits_xV - log_z_x1)
-    keys_xV = _order_key(logits_xV)
-    finite_xV = jnp.isfinite(logits_xV)
-    lo = jnp.min(jnp.where(finite_xV, keys_xV, jnp.uint32(0xFFFFFFFF)), axis=-1, keepdims=True)
-    hi = jnp.max(jnp.where(finite_xV, keys_xV, 0), axis=-1, keepdims=True) + 1
+    as_float = lambda bits: jax.lax.bitcast_convert_type(bits, jnp.float32)
+    top = jnp.max(probs_xV, axis=-1, keepdims=True)
+    lo = jnp.zeros(top.shape, jnp.uint32)
+    hi = jax.lax.bitcast_convert_type(top, jnp.uint32) + 1
 
     def body(_, bounds):
         lo, hi = bounds
         mid = lo + (hi - lo) // 2
-        ok = jnp.sum(jnp.where(keys_xV >= mid, probs_xV, 0.0), -1, keepdims=True) >= top_p
+        kept = probs_xV >= as_float(mid)  # float order = bit order for p >= 0
+        ok = jnp.sum(jnp.where(kept, probs_xV, 0.0), -1, keepdims=True) >= top_p
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
-    return _from_order_key(jax.lax.fori_loop(0, 32, body, (lo, hi))[0])
+    lo = jax.lax.fori_loop(0, 32, body, (lo, hi))[0]
+    kept = probs_xV >= as_float(lo)
+    return jnp.min(jnp.where(kept, logits_xV, jnp.inf), axis=-1, keepdims=True)
 
 
 def repetition_penalty(logits_xV: jax.Array, seen_xV: jax.Array, penalty: float) -> jax.Array:

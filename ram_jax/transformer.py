@@ -75,36 +75,39 @@ class Attention(nnx.Module):
         q = apply_rope(self.q_proj(x_BxTxD).reshape(b, t, n, h), positions_BxT, inv_freq)
         new_k = apply_rope(self.k_proj(x_BxTxD).reshape(b, t, k, h), positions_BxT, inv_freq)
         new_v = self.v_proj(x_BxTxD).reshape(b, t, k, h)
-        # [B, K, S, H]: the cache layout, so cached keys need no transpose.
-        new_k, new_v = new_k.transpose(0, 2, 1, 3), new_v.transpose(0, 2, 1, 3)
+        # The cache layouts: keys [B, K, H, S], values [B, K, S, H], so both
+        # attention matmuls read the cache without a transpose.
+        new_k, new_v = new_k.transpose(0, 2, 3, 1), new_v.transpose(0, 2, 1, 3)
         if kv is None:
-            keys_BxKxSxH, values_BxKxSxH = new_k, new_v
+            keys_BxKxHxS, values_BxKxSxH = new_k, new_v
         elif layer is None:
             # This layer's own cache arrays (unrolled layers): write, then read whole.
-            keys_BxKxSxH, values_BxKxSxH, index = kv
-            start = (0, 0, index, 0)
-            keys_BxKxSxH = jax.lax.dynamic_update_slice(
-                keys_BxKxSxH, new_k.astype(keys_BxKxSxH.dtype), start
+            keys_BxKxHxS, values_BxKxSxH, index = kv
+            keys_BxKxHxS = jax.lax.dynamic_update_slice(
+                keys_BxKxHxS, new_k.astype(keys_BxKxHxS.dtype), (0, 0, 0, index)
             )
             values_BxKxSxH = jax.lax.dynamic_update_slice(
-                values_BxKxSxH, new_v.astype(values_BxKxSxH.dtype), start
+                values_BxKxSxH, new_v.astype(values_BxKxSxH.dtype), (0, 0, index, 0)
             )
-            kv = (keys_BxKxSxH, values_BxKxSxH, index)
+            kv = (keys_BxKxHxS, values_BxKxSxH, index)
         else:
             # Write this block's keys/values into the stacked cache in place,
             # then read the layer's full history back for attention.
             k_all, v_all, index = kv
-            start = (layer, 0, 0, index, 0)
-            k_all = jax.lax.dynamic_update_slice(k_all, new_k[None].astype(k_all.dtype), start)
-            v_all = jax.lax.dynamic_update_slice(v_all, new_v[None].astype(v_all.dtype), start)
-            keys_BxKxSxH = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
+            k_all = jax.lax.dynamic_update_slice(
+                k_all, new_k[None].astype(k_all.dtype), (layer, 0, 0, 0, index)
+            )
+            v_all = jax.lax.dynamic_update_slice(
+                v_all, new_v[None].astype(v_all.dtype), (layer, 0, 0, index, 0)
+            )
+            keys_BxKxHxS = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
             values_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
             kv = (k_all, v_all, index)
         q_BxTxKxGxH = q.reshape(b, t, k, n // k, h)
         scores = jnp.einsum(
-            "btkgh,bksh->bkgts",
+            "btkgh,bkhs->bkgts",
             q_BxTxKxGxH,
-            keys_BxKxSxH.astype(q.dtype),
+            keys_BxKxHxS.astype(q.dtype),
             preferred_element_type=jnp.float32,
         ) * (h**-0.5)
         scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
@@ -305,7 +308,7 @@ def forward(
         slots_S = jnp.arange(cache.max_length)
         query_slots_T = cache.index + jnp.arange(t)
         attn_mask = valid_BxS[:, None, :] & (slots_S[None, :] <= query_slots_T[:, None])[None]
-        kv = (cache.k_LxBxKxSxH, cache.v_LxBxKxSxH, cache.index)
+        kv = (cache.k_LxBxKxHxS, cache.v_LxBxKxSxH, cache.index)
     layer_states = None
     if isinstance(params["layers"], (tuple, list)):
         layer_states = params["layers"]
