@@ -103,16 +103,29 @@ class Attention(nnx.Module):
             keys_BxKxHxS = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
             values_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
             kv = (k_all, v_all, index)
-        q_BxTxKxGxH = q.reshape(b, t, k, n // k, h)
-        scores = jnp.einsum(
-            "btkgh,bkhs->bkgts",
-            q_BxTxKxGxH,
-            keys_BxKxHxS.astype(q.dtype),
-            preferred_element_type=jnp.float32,
-        ) * (h**-0.5)
-        scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
-        out = jnp.einsum("bkgts,bksh->btkgh", probs, values_BxKxSxH.astype(cfg.jnp_dtype))
+        keys_BxKxHxS = keys_BxKxHxS.astype(q.dtype)
+        values_BxKxSxH = values_BxKxSxH.astype(cfg.jnp_dtype)
+        if t == 1:
+            # A decode step: without the unit T axis both contractions are plain
+            # batched matmuls over (B, K) that XLA on CPU runs fast.
+            q_BxKxGxH = q.reshape(b, k, n // k, h)
+            scores = jnp.einsum(
+                "bkgh,bkhs->bkgs", q_BxKxGxH, keys_BxKxHxS, preferred_element_type=jnp.float32
+            ) * (h**-0.5)
+            scores = jnp.where(mask_BxTxS[:, 0, None, None], scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
+            out = jnp.einsum("bkgs,bksh->bkgh", probs, values_BxKxSxH)
+        else:
+            q_BxTxKxGxH = q.reshape(b, t, k, n // k, h)
+            scores = jnp.einsum(
+                "btkgh,bkhs->bkgts",
+                q_BxTxKxGxH,
+                keys_BxKxHxS,
+                preferred_element_type=jnp.float32,
+            ) * (h**-0.5)
+            scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
+            out = jnp.einsum("bkgts,bksh->btkgh", probs, values_BxKxSxH)
         return self.o_proj(out.reshape(b, t, n * h)), kv
 
 
