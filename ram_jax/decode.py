@@ -339,15 +339,18 @@ def generate(
     batch_size: int | None = None,
     min_bucket: int = 16,
     unroll_layers: bool | None = None,
+    prompt_keys: jax.Array | None = None,
 ) -> dict[str, np.ndarray]:
     """Decodes prompt token lists; returns numpy arrays, one row per prompt.
 
     Prompts are left padded to a power-of-two bucket and cut into batches of
     `batch_size` (default: all at once; the last batch is filled with copies of
     a prompt, dropped afterwards), so a stream of prompts compiles once per
-    (batch, bucket, max_new_tokens). Decoded row r (prompt r, or for `seq_sir`
-    candidate r % N of prompt r // N) uses the key `split(key, rows)[r]`, so
-    results do not depend on `batch_size`.
+    (batch, bucket, max_new_tokens). Prompt i has the key
+    `prompt_keys[i]` (default `split(key, P)[i]`): its row decodes with it,
+    or for `seq_sir` its N candidates with `split(prompt key, N)` and the
+    resampling with `fold_in(prompt key, 0x5E9)`. So a prompt's output
+    depends only on its own key, never on `batch_size` or its neighbours.
 
     Returns a dict with `tokens`, `logprobs_p`, `logprobs_q` (absent for a model
     not run), `aligner_branch`, `lengths` (each `[P, max_new_tokens]` or `[P]`),
@@ -358,9 +361,14 @@ def generate(
     batching.check_prompts(prompts, max_new_tokens, configs, vocab_size)
     n = sampling.num_candidates if sampling.mode == "seq_sir" else 1
     rows = [p for p in prompts for _ in range(n)]
-    row_keys = jax.random.split(key, len(rows))
-    # seq_sir: prompt i resamples its candidates with its own key.
-    pick_keys = jax.random.split(jax.random.fold_in(key, 0x5E9), len(prompts) + (batch_size or 0))
+    if prompt_keys is None:
+        prompt_keys = jax.random.split(key, len(prompts))
+    elif len(prompt_keys) != len(prompts):
+        raise ValueError(f"{len(prompt_keys)} prompt_keys for {len(prompts)} prompts.")
+    row_keys = prompt_keys
+    if sampling.mode == "seq_sir":
+        row_keys = jax.vmap(lambda k: jax.random.split(k, n))(prompt_keys).reshape(-1)
+        pick_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x5E9))(prompt_keys)
     width = (batch_size or len(prompts)) * n
     length = batching.bucket_length(max(len(p) for p in rows), min_bucket)
     # Fields a mode does not read must not split the compile cache.
@@ -385,8 +393,9 @@ def generate(
             chunk_keys = chunk_keys[np.where(np.arange(width) < len(chunk), np.arange(width), 0)]
         out = decode(p_params, q_params, tokens_BxT, mask_BxT, chunk_keys, **kw)
         if sampling.mode == "seq_sir":
-            first = start // n
-            out, pick = _resample(pick_keys[first : first + width // n], out, n)
+            first, count = start // n, width // n
+            picks = np.minimum(np.arange(first, first + count), len(prompts) - 1)
+            out, pick = _resample(pick_keys[picks], out, n)
             results.append((out, pick))
         else:
             results.append((out, None))

@@ -197,8 +197,9 @@ def run(sampling: S.SamplingConfig) -> dict:
     width, new = _BATCH.value, _MAX_NEW.value
     length = batching.bucket_length(max(len(p) for p in prompts))
     key = jax.random.key(_SEED.value)
-    # As `decode.generate`: row r's key is split(key, P)[r], so outputs do not depend on
-    # --batch_size; rows filling the last batch reuse its first key (and are dropped).
+    # As `decode.generate`: prompt r's key is split(key, P)[r] (seq_sir included), so
+    # outputs do not depend on --batch_size; rows filling the last batch reuse its first
+    # key (and are dropped).
     row_keys = jax.random.split(key, len(prompts))
     common = dict(vocab_size=vocab, q_params=q_params, q_config=q_config, eos_ids=eos, pad_id=pad)
     tokens, lengths, ttfts, seconds = [], [], [], []
@@ -212,7 +213,8 @@ def run(sampling: S.SamplingConfig) -> dict:
                 p_config,
                 chunk,
                 sampling,
-                key=jax.random.fold_in(key, start),
+                key=key,
+                prompt_keys=row_keys[start : start + width],
                 max_new_tokens=new,
                 batch_size=width,
                 **common,

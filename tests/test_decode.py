@@ -233,6 +233,32 @@ def test_one_compile_per_bucket(models):
     assert decode.decode._cache_size() == size + 1
 
 
+def test_seq_sir_outputs_do_not_depend_on_batch_size(models):
+    kw = dict(
+        key=jax.random.key(8),
+        max_new_tokens=4,
+        vocab_size=VOCAB,
+        q_params=models[1],
+        q_config=Q_CONFIG,
+        eos_ids=(EOS,),
+        pad_id=1,
+    )
+    seq_sir = SamplingConfig(mode="seq_sir", num_candidates=3, proposal_temperature=1.0)
+    outs = [
+        decode.generate(models[0], P_CONFIG, PROMPTS, seq_sir, batch_size=size, **kw)
+        for size in (None, 2)
+    ]
+    assert len({tuple(map(tuple, o["tokens"])) for o in outs}) == 1
+    np.testing.assert_array_equal(outs[0]["candidate"], outs[1]["candidate"])
+    # A prompt's output depends on its own key only: decoded alone with it, the same.
+    keys = jax.random.split(kw["key"], len(PROMPTS))
+    alone = decode.generate(
+        models[0], P_CONFIG, PROMPTS[2:], seq_sir, prompt_keys=keys[2:], batch_size=2, **kw
+    )
+    np.testing.assert_array_equal(alone["tokens"][0], outs[0]["tokens"][2])
+    assert len({tuple(t) for t in outs[0]["tokens"]}) == len(PROMPTS)
+
+
 @pytest.mark.parametrize(
     "prompts, new, sampling, q, message",
     [
