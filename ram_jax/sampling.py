@@ -6,14 +6,17 @@ removed token has exactly zero probability under `softmax` and can never win
 the Gumbel-max draw of `jax.random.categorical`. No rule ever removes every
 token of a row.
 
-Top-p uses no full-vocabulary sort: `lax.top_k` with a fixed bound
-`top_p_bound` (default 64) gives the largest logits in order; the nucleus is
-the shortest prefix of them whose probability mass reaches `top_p`. Rows whose
-nucleus is wider than the bound (flat distributions) get the exact threshold
-by bisection on logit values (64 masked sums over the vocabulary), computed
-only when some row of the batch needs it; so top-p is exact for any bound and
-the bound only trades speed. Ties are deterministic and order free: every token
-whose logit equals the smallest kept logit is kept, for top-k as for top-p.
+Top-p uses no full-vocabulary sort. By default (`top_p_bound=0`) the exact
+threshold comes from a bisection over the bit patterns of the float32
+probabilities: 32 masked sums over the vocabulary, whatever the distribution.
+With `top_p_bound=k > 0`, `lax.top_k` first ranks the k largest logits and the
+nucleus is the shortest prefix of them whose mass reaches `top_p`; only when
+some row's nucleus is wider does the batch fall back to the bisection. Both
+are exact; the bound only trades speed (on CPU the bisection alone is faster
+from a few rows on, since one wide row sends the whole batch to the fallback;
+`lax.top_k` with k = 64 costs about as much as the bisection). Ties are
+deterministic and order free: every token whose logit equals the smallest
+kept logit is kept, for top-k as for top-p.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class SamplingConfig:
       filter_order: "top_k_first" (HF generate) or "top_p_first" (the
         reference's FastChat processors: temperature, repetition penalty,
         top-p, top-k).
-      top_p_bound: the `lax.top_k` bound of top-p's fast path (0: full sort).
+      top_p_bound: k of top-p's `lax.top_k` fast path (0: bisection only).
     """
 
     mode: str = "proposal"
@@ -67,7 +70,7 @@ class SamplingConfig:
     num_candidates: int = 1
     eos_priority: bool = False
     filter_order: str = "top_k_first"
-    top_p_bound: int = 64
+    top_p_bound: int = 0
 
     def __post_init__(self):
         problems = []
@@ -169,7 +172,7 @@ class Warper:
     top_p: float = 1.0
     top_k: int = 0
     order: str = "top_k_first"
-    top_p_bound: int = 64
+    top_p_bound: int = 0
 
     def __call__(self, logits_xV: jax.Array) -> jax.Array:
         x = apply_temperature(logits_xV, self.temperature)
@@ -198,34 +201,34 @@ def top_k_filter(logits_xV: jax.Array, k: int) -> jax.Array:
     return _keep_at_least(logits_xV, kth_x1)
 
 
-def top_p_filter(logits_xV: jax.Array, top_p: float, bound: int = 64) -> jax.Array:
+def top_p_filter(logits_xV: jax.Array, top_p: float, bound: int = 0) -> jax.Array:
     """Keeps the smallest set of largest logits whose softmax mass reaches `top_p`.
 
     A token is kept when the mass of the tokens strictly ahead of it in the
     sorted order is below `top_p` (so the top token is always kept), and every
-    token tied with the last kept one is kept too. Only the `bound` largest
-    logits are ranked (`lax.top_k`); rows whose nucleus is wider fall back to
-    `_bisect_threshold` (computed only when some row needs it), so the result
-    is exact either way. `bound <= 0` ranks the whole vocabulary.
+    token tied with the last kept one is kept too. `bound = 0` finds the
+    threshold by `_bisect_threshold`; `bound = k > 0` first ranks the k largest
+    logits (`lax.top_k`) and falls back to the bisection (computed only when
+    some row needs it) for rows whose nucleus is wider. Exact either way.
     """
     if top_p >= 1.0:
         return logits_xV
     v = logits_xV.shape[-1]
-    k = v if bound <= 0 else min(bound, v)
-    sorted_xK = jax.lax.top_k(logits_xV, k)[0]
     log_z_x1 = jax.nn.logsumexp(logits_xV, axis=-1, keepdims=True)
+    if bound <= 0 or bound >= v:
+        return _keep_at_least(logits_xV, _bisect_threshold(logits_xV, log_z_x1, top_p))
+    sorted_xK = jax.lax.top_k(logits_xV, bound)[0]
     probs_xK = jnp.exp(sorted_xK - log_z_x1)
     mass_xK = jnp.cumsum(probs_xK, axis=-1)
     # Count of kept sorted entries; >= 1 since the mass before the top one is 0 < top_p.
     kept_x1 = jnp.sum(mass_xK - probs_xK < top_p, axis=-1, keepdims=True)
     threshold_x1 = jnp.take_along_axis(sorted_xK, kept_x1 - 1, axis=-1)
-    if k < v:
-        fits_x1 = mass_xK[..., -1:] >= top_p
-        threshold_x1 = jax.lax.cond(
-            jnp.all(fits_x1),
-            lambda: threshold_x1,
-            lambda: jnp.where(fits_x1, threshold_x1, _bisect_threshold(logits_xV, log_z_x1, top_p)),
-        )
+    fits_x1 = mass_xK[..., -1:] >= top_p
+    threshold_x1 = jax.lax.cond(
+        jnp.all(fits_x1),
+        lambda: threshold_x1,
+        lambda: jnp.where(fits_x1, threshold_x1, _bisect_threshold(logits_xV, log_z_x1, top_p)),
+    )
     return _keep_at_least(logits_xV, threshold_x1)
 
 
