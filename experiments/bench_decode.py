@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ram_jax import convert, stream
+from ram_jax import convert, decode, stream
 from ram_jax.config import ModelConfig
 from ram_jax.sampling import REFERENCE, SamplingConfig
 from ram_jax.transformer import abstract_params, count_params
@@ -200,11 +200,15 @@ def bench_mode(name, models, batch, prompt, new, repeats):
     block(stream._continue(state, p_params, q_params, keys, 1, chunk=new - 1, **static))
     compile_s = time.perf_counter() - t0
     ttfts, steps = [], []
-    for _ in range(repeats):
+    for _ in range(max(repeats, 9) if batch == 1 else repeats):  # batch 1 TTFT is short: more
         t0 = time.perf_counter()
         state, out = stream._start(p_params, q_params, tokens, mask, keys, slots=slots, **static)
         np.asarray(out["tokens"])  # the first token reaches the host
         ttfts.append(time.perf_counter() - t0)
+    for _ in range(repeats):
+        state, _ = block(
+            stream._start(p_params, q_params, tokens, mask, keys, slots=slots, **static)
+        )
         t0 = time.perf_counter()
         block(stream._continue(state, p_params, q_params, keys, 1, chunk=new - 1, **static))
         steps.append((time.perf_counter() - t0) / (new - 1))
@@ -344,6 +348,8 @@ def main():
     repeats = 2 if args.quick else 3
     models = (random_params(PROPOSAL, 0), random_params(ALIGNER, 1))
     sizes = {"proposal_params": count_params(models[0]), "aligner_params": count_params(models[1])}
+    # The decoder's layer layout, arranged once as `generate` does (unrolled on CPU).
+    arranged = decode.arrange_layers(*models, None)
     print(json.dumps({"device": str(jax.devices()[0]), **sizes}), flush=True)
     peak = matmul_peak()
     print(json.dumps({"config": "matmul_peak", "gflops": peak / 1e9}), flush=True)
@@ -352,7 +358,7 @@ def main():
         for name in modes:
             if args.quick and batch == 1 and name == "aligner_only":
                 continue
-            r = bench_mode(name, models, batch, prompt, new, repeats)
+            r = bench_mode(name, arranged, batch, prompt, new, repeats)
             context = prompt + new // 2
             fpt = sum(
                 flops_per_token(c, context)
@@ -372,12 +378,20 @@ def main():
             }
         )
     )
-    style = bench_aligner_style(models, prompt, new)
+    style = bench_aligner_style(arranged, prompt, new)
     print(json.dumps({"config": "aligner_style_b1", "ttft_s": style}))
+    # Other processes can depress one measurement of the peak: measure it again, keep the best.
+    second = matmul_peak()
+    if second > peak:
+        for r in records.values():
+            r["peak_fraction"] *= peak / second
+        peak = second
+    print(json.dumps({"config": "matmul_peak_again", "gflops": second / 1e9}), flush=True)
     # The roofline of the batch-32 par_kl step on this machine: its weight matmuls, each
     # at the best speed measured for its own shape, plus one streaming read of both
     # float32 KV caches (all prompt + new slots). No decoder can beat this in float32.
-    matmul_s = matmul_seconds(step_matmuls(PROPOSAL, 32) + step_matmuls(ALIGNER, 32))
+    shapes = step_matmuls(PROPOSAL, 32) + step_matmuls(ALIGNER, 32)
+    matmul_s = min(matmul_seconds(shapes), matmul_seconds(shapes))
     bandwidth = read_bandwidth()
     read_s = sum(cache_bytes(c, 32, prompt + new) for c in (PROPOSAL, ALIGNER)) / bandwidth
     b32 = records["par_kl_b32"]

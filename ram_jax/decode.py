@@ -84,11 +84,15 @@ def step_keys(row_keys_B: jax.Array, start, count: int) -> jax.Array:
 
 
 def arrange_layers(p_params, q_params, unroll_layers: bool | None):
-    """Both models' params in the decoder's layer layout (inside `jit`).
+    """Both models' params in the decoder's layer layout.
 
     `unroll_layers=None` unrolls on CPU, where a matmul on a slice of stacked
     weights or caches first copies the slice (`transformer.unstack_layers`),
     and keeps the layer scan elsewhere (compile time, no second weight copy).
+    Params already unrolled pass through. The jitted decoders call this on
+    what they get, which copies every layer's weights once per call; call it
+    once yourself (outside `jit`, then drop the stacked params) to pay that
+    copy, and hold the memory, only once.
     """
     if unroll_layers is None:
         unroll_layers = jax.default_backend() == "cpu"
@@ -359,6 +363,8 @@ def generate(
     check_models(sampling, p_config, q_config, vocab_size)
     configs = [c for c in (p_config, q_config) if c is not None]
     batching.check_prompts(prompts, max_new_tokens, configs, vocab_size)
+    # Once per call, not per batch (a no-op for params already arranged).
+    p_params, q_params = arrange_layers(p_params, q_params, unroll_layers)
     n = sampling.num_candidates if sampling.mode == "seq_sir" else 1
     rows = [p for p in prompts for _ in range(n)]
     if prompt_keys is None:

@@ -183,6 +183,8 @@ def run(sampling: S.SamplingConfig) -> dict:
         raise ValueError(f"--mode={sampling.mode} needs --aligner; or use --mode=proposal.")
     p_config, p_params = convert.load_hf(p_dir, param_dtype=_DTYPE.value)
     q_config, q_params = convert.load_hf(q_dir, param_dtype=_DTYPE.value) if q_dir else (None,) * 2
+    # The decoder's layer layout, once (on CPU: per-layer arrays; no copy per batch).
+    p_params, q_params = D.arrange_layers(p_params, q_params, None)
     vocab = T.tokenizer_length(tok)
     for name, config in (("proposal", p_config), ("aligner", q_config)):
         if config is not None:

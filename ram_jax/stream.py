@@ -79,7 +79,8 @@ def stream(
     step), each `[B, steps]`: the first chunk has 1 step, later ones up to
     `chunk`; together exactly `max_new_tokens` steps unless every row finished
     earlier. `seq_sir` cannot stream (it resamples whole responses).
-    `unroll_layers` is `decode.decode`'s layer layout.
+    `unroll_layers` is `decode.decode`'s layer layout; pass params from
+    `decode.arrange_layers` to skip rearranging them per stream.
     """
     if sampling.mode == "seq_sir":
         raise ValueError("mode 'seq_sir' cannot stream: it resamples finished responses.")
@@ -100,6 +101,8 @@ def stream(
         pad_id=int(pad_id),
     )
     slots = tokens_BxT.shape[1] + 1 + rest
+    # Once per stream, not per chunk (a no-op for params already arranged).
+    p_params, q_params = D.arrange_layers(p_params, q_params, unroll_layers)
     state, out = _start(
         p_params,
         q_params,
