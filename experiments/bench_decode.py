@@ -210,9 +210,13 @@ def bench_mode(name, models, batch, prompt, new, repeats):
             stream._start(p_params, q_params, tokens, mask, keys, slots=slots, **static)
         )
         t0 = time.perf_counter()
-        block(stream._continue(state, p_params, q_params, keys, 1, chunk=new - 1, **static))
+        _, out = block(
+            stream._continue(state, p_params, q_params, keys, 1, chunk=new - 1, **static)
+        )
         steps.append((time.perf_counter() - t0) / (new - 1))
     step = statistics.median(steps)
+    # Which rule shaped the tokens: par_kl's gate may send rows to either branch.
+    aligner_rate = float(np.mean(np.asarray(out["branch"])))
     return {
         "config": f"{name}_b{batch}",
         "mode": name,
@@ -223,6 +227,7 @@ def bench_mode(name, models, batch, prompt, new, repeats):
         "step_s": step,
         "tokens_per_s": batch / step,
         "compile_s": compile_s,
+        "aligner_branch_rate": aligner_rate,
     }
 
 

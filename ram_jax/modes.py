@@ -37,9 +37,13 @@ def _is_eos(tokens_B: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
     return jnp.isin(tokens_B, jnp.asarray(eos_ids, jnp.int32))
 
 
+def _restrict_to_nucleus(p_BxV, q_BxV, cfg: S.SamplingConfig) -> jax.Array:
+    """q with every token outside P's nucleus (the proposal warper's support) removed."""
+    return S.restrict(q_BxV, jnp.isfinite(cfg.proposal_warper()(p_BxV)))
+
+
 def _par_logits(p_BxV, q_BxV, cfg: S.SamplingConfig) -> jax.Array:
-    support_BxV = jnp.isfinite(cfg.proposal_warper()(p_BxV))
-    return cfg.output_warper()(S.restrict(q_BxV, support_BxV))
+    return cfg.output_warper()(_restrict_to_nucleus(p_BxV, q_BxV, cfg))
 
 
 def _sir(keys_B, p_BxV, q_BxV, cfg: S.SamplingConfig) -> jax.Array:
@@ -99,9 +103,13 @@ def next_token(
         if kl_B is None:
             kl_B = S.kl_divergence(p_BxV, q_BxV)
         use_par_B = kl_B <= cfg.kl_threshold
-        # The output warper is row-wise, so it runs once, on each row's chosen logits.
-        support_BxV = jnp.isfinite(cfg.proposal_warper()(p_BxV))
-        chosen_BxV = jnp.where(use_par_B[:, None], S.restrict(q_BxV, support_BxV), p_BxV)
+        # The output warper is row-wise, so it runs once, on each row's chosen logits;
+        # P's nucleus is computed only when some row takes the `par` branch.
+        chosen_BxV = jax.lax.cond(
+            jnp.any(use_par_B),
+            lambda: jnp.where(use_par_B[:, None], _restrict_to_nucleus(p_BxV, q_BxV, cfg), p_BxV),
+            lambda: p_BxV,
+        )
         return S.sample(keys_B, cfg.output_warper()(chosen_BxV), greedy), use_par_B
     if mode == "sir":
         return _sir(keys_B, p_BxV, q_BxV, cfg), yes
