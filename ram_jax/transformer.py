@@ -109,24 +109,28 @@ class Attention(nnx.Module):
             # A decode step: without the unit T axis both contractions are plain
             # batched matmuls over (B, K) that XLA on CPU runs fast.
             q_BxKxGxH = q.reshape(b, k, n // k, h)
-            scores = jnp.einsum(
-                "bkgh,bkhs->bkgs", q_BxKxGxH, keys_BxKxHxS, preferred_element_type=jnp.float32
-            ) * (h**-0.5)
+            scores = _f32_einsum("bkgh,bkhs->bkgs", q_BxKxGxH, keys_BxKxHxS) * (h**-0.5)
             scores = jnp.where(mask_BxTxS[:, 0, None, None], scores, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
             out = jnp.einsum("bkgs,bksh->bkgh", probs, values_BxKxSxH)
         else:
             q_BxTxKxGxH = q.reshape(b, t, k, n // k, h)
-            scores = jnp.einsum(
-                "btkgh,bkhs->bkgts",
-                q_BxTxKxGxH,
-                keys_BxKxHxS,
-                preferred_element_type=jnp.float32,
-            ) * (h**-0.5)
+            scores = _f32_einsum("btkgh,bkhs->bkgts", q_BxTxKxGxH, keys_BxKxHxS) * (h**-0.5)
             scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
             out = jnp.einsum("bkgts,bksh->btkgh", probs, values_BxKxSxH)
         return self.o_proj(out.reshape(b, t, n * h)), kv
+
+
+def _f32_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """`einsum` with float32 results (attention scores) for any input dtype.
+
+    XLA on CPU lacks some bf16 x bf16 -> f32 dots; there the operands are cast
+    first, which gives the same numbers (bf16 products are exact in float32).
+    """
+    if jax.default_backend() == "cpu":
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
 class MLP(nnx.Module):

@@ -288,6 +288,22 @@ def test_bfloat16_compute_close_to_float32():
     assert kl.max() <= 1e-3 and tv.max() <= 0.02
 
 
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_bfloat16_weights_and_cache_decode_like_full_forward(model, per_layer):
+    # bf16 weights, compute and KV cache: prefill + cached steps run (XLA on CPU
+    # lacks some bf16 x bf16 -> f32 dots) and track the bf16 full forward to
+    # within bf16 rounding (the two sum in different orders).
+    config, params, tokens, mask = model
+    config = config.replace(dtype="bfloat16", param_dtype="bfloat16")
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    if per_layer:
+        params = unstack_layers(params)
+    full, _ = _forward(params, tokens, config, mask_BxT=mask)
+    cached = _cached_logits(params, config, tokens, mask, per_layer=per_layer)
+    scale = float(np.abs(np.asarray(full)[mask]).max())
+    assert hf.max_real_diff(cached, full, mask) <= 0.03 * scale
+
+
 @pytest.mark.parametrize("name", ["llama-3.1-8b", "llama-3.2-1b", "tiny-llama"])
 def test_rope_frequencies_match_transformers(name):
     preset = get_preset(name)
