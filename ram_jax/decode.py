@@ -1,7 +1,9 @@
 """The RAM decoder: prefill P and Q once, then one `lax.scan` stepping both.
 
-The scan carry (`DecodeState`) holds both KV caches, both models' logits for
-the next token, the last tokens, the set of seen ids (repetition penalty) and
+The first token is drawn from the prefill's logits; then one `lax.scan` feeds
+the last token to both models and draws the next. The scan carry
+(`DecodeState`) holds both KV caches, both models' logits for the next
+token, the last tokens, the set of seen ids (repetition penalty) and
 per-row done flags; per-step keys travel as scan xs. The key of row b at step
 i is `fold_in(row_keys[b], i)`, so a row's tokens depend only on its own key
 and prompt, never on its batch neighbours, the batch size or chunking
@@ -208,20 +210,25 @@ def run_steps(
     eos_ids,
     pad_id,
 ):
-    """`lax.scan` of (emit, advance) over the leading axis of `keys_RxB`.
+    """`lax.scan` of (advance, emit) over the leading axis of `keys_RxB`.
 
-    Returns the final state and the per-step outputs stacked on a leading
-    axis. The last step's advance prepares logits for a following chunk.
+    `state` holds an emitted token not yet fed to the models (after the
+    first `emit`); each step feeds it, then draws the next. Returns the final
+    state (same kind) and the per-step outputs stacked on a leading axis.
     """
 
     def body(state, keys_B):
-        state, outputs = emit(state, keys_B, sampling=sampling, eos_ids=eos_ids, pad_id=pad_id)
         state = advance(
             state, p_params, q_params, p_config=p_config, q_config=q_config, vocab_size=vocab_size
         )
-        return state, outputs
+        return emit(state, keys_B, sampling=sampling, eos_ids=eos_ids, pad_id=pad_id)
 
     return jax.lax.scan(body, state, keys_RxB)
+
+
+def leading(outputs: dict) -> dict:
+    """One step's outputs with the leading step axis of `run_steps`'s."""
+    return jax.tree.map(lambda x: x[None], outputs)
 
 
 def stack_outputs(steps: list[dict]) -> DecodeOutput:
@@ -288,17 +295,20 @@ def decode(
         **kw,
     )
     keys_RxB = step_keys(row_keys_B, 0, max_new_tokens)
+    # The first token comes straight from the prefill logits; every later step
+    # feeds the last token, then draws (no model step after the last token).
+    state, first = emit(state, keys_RxB[0], sampling=sampling, eos_ids=eos_ids, pad_id=pad_id)
     _, steps = run_steps(
         state,
         p_params,
         q_params,
-        keys_RxB,
+        keys_RxB[1:],
         sampling=sampling,
         eos_ids=eos_ids,
         pad_id=pad_id,
         **kw,
     )
-    return stack_outputs([steps])
+    return stack_outputs([leading(first), steps])
 
 
 @functools.partial(jax.jit, static_argnames=("num_candidates",))

@@ -1,6 +1,6 @@
 """`decode` as a `lax.while_loop` that exits once every row has emitted EOS.
 
-The loop body is `decode`'s scan body (emit, then advance both models) with
+The loop body is `decode`'s scan body (advance both models, then emit) with
 the same per-row, per-step keys, so the output equals `decode`'s exactly; the
 steps it skips would only have emitted `pad_id`. Use it when many batches
 finish well before `max_new_tokens`; the scan in `decode` stays the reference.
@@ -62,16 +62,20 @@ def decode_until_done(
         live=zeros(bool),
     )
 
+    def store(i, bufs, out):
+        return {k: None if v is None else v.at[i].set(out[k]) for k, v in bufs.items()}
+
     def cond(carry):
         i, state, _ = carry
         return (i < n) & ~jnp.all(state.done_B)
 
     def body(carry):
         i, state, bufs = carry
-        state, out = emit(state, step_keys(row_keys_B, i, 1)[0], **emit_kw)
         state = advance(state, p_params, q_params, **kw)
-        bufs = {k: None if v is None else v.at[i].set(out[k]) for k, v in bufs.items()}
-        return i + 1, state, bufs
+        state, out = emit(state, step_keys(row_keys_B, i, 1)[0], **emit_kw)
+        return i + 1, state, store(i, bufs, out)
 
-    _, _, bufs = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state, bufs))
+    state, first = emit(state, step_keys(row_keys_B, 0, 1)[0], **emit_kw)
+    carry = (jnp.ones((), jnp.int32), state, store(0, bufs, first))
+    _, _, bufs = jax.lax.while_loop(cond, body, carry)
     return stack_outputs([bufs])

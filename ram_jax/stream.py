@@ -1,8 +1,8 @@
 """Streaming decoding: tokens reach the host in chunks as they are produced.
 
 The first call prefills both models and emits one token (so time to first
-token is one prefill of each model plus one step); every later call runs a
-jitted `lax.scan` of `chunk` steps on the carried `DecodeState`, which is
+token is one prefill of each model plus the sampling rule); every later call
+runs a jitted `lax.scan` of `chunk` steps on the carried `DecodeState`, which is
 donated between calls (the params are not). Keys are per row and step exactly
 as in `decode.decode`, so a stream yields the same tokens as `decode.decode`
 with the same row keys. The stream ends early once every row is done.
@@ -42,7 +42,9 @@ def _start(
         slots=slots,
         **model,
     )
-    return D.run_steps(state, p_params, q_params, D.step_keys(row_keys_B, 0, 1), **model, **emit)
+    # The first token comes from the prefill logits alone: no model step before it.
+    state, first = D.emit(state, D.step_keys(row_keys_B, 0, 1)[0], **emit)
+    return state, D.leading(first)
 
 
 @functools.partial(jax.jit, static_argnames=_MODEL + _EMIT + ("chunk",), donate_argnames=("state",))
