@@ -30,7 +30,7 @@ from ram_jax import batching, modes
 from ram_jax import sampling as S
 from ram_jax.cache import KVCache, init_cache
 from ram_jax.config import ModelConfig
-from ram_jax.transformer import forward, unstack_layers
+from ram_jax.transformer import forward, has_unrolled_layers, unstack_layers
 
 STATIC = (
     "p_config",
@@ -129,8 +129,7 @@ def prefill(
         if params is None:
             out[name] = (None, None)
             continue
-        per_layer = isinstance(params["layers"], (tuple, list))
-        cache = init_cache(config, b, slots, per_layer=per_layer)
+        cache = init_cache(config, b, slots, per_layer=has_unrolled_layers(params))
         logits, cache = forward(
             params, tokens_BxT, config, mask_BxT=mask_BxT, cache=cache, last_only=True
         )

@@ -80,45 +80,41 @@ class Attention(nnx.Module):
         new_k, new_v = new_k.transpose(0, 2, 3, 1), new_v.transpose(0, 2, 1, 3)
         if kv is None:
             keys_BxKxHxS, values_BxKxSxH = new_k, new_v
-        elif layer is None:
-            # This layer's own cache arrays (unrolled layers): write, then read whole.
-            keys_BxKxHxS, values_BxKxSxH, index = kv
-            keys_BxKxHxS = jax.lax.dynamic_update_slice(
-                keys_BxKxHxS, new_k.astype(keys_BxKxHxS.dtype), (0, 0, 0, index)
-            )
-            values_BxKxSxH = jax.lax.dynamic_update_slice(
-                values_BxKxSxH, new_v.astype(values_BxKxSxH.dtype), (0, 0, index, 0)
-            )
-            kv = (keys_BxKxHxS, values_BxKxSxH, index)
         else:
-            # Write this block's keys/values into the stacked cache in place,
-            # then read the layer's full history back for attention.
+            # Write this block's keys/values into the cache in place, then read the
+            # layer's full history back: its own arrays (unrolled layers, `layer`
+            # None) or its slice of the stacked ones.
             k_all, v_all, index = kv
+            at = () if layer is None else (layer,)
+            lead = (lambda x: x) if layer is None else (lambda x: x[None])
             k_all = jax.lax.dynamic_update_slice(
-                k_all, new_k[None].astype(k_all.dtype), (layer, 0, 0, 0, index)
+                k_all, lead(new_k).astype(k_all.dtype), (*at, 0, 0, 0, index)
             )
             v_all = jax.lax.dynamic_update_slice(
-                v_all, new_v[None].astype(v_all.dtype), (layer, 0, 0, index, 0)
+                v_all, lead(new_v).astype(v_all.dtype), (*at, 0, 0, index, 0)
             )
-            keys_BxKxHxS = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
-            values_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
+            if layer is None:
+                keys_BxKxHxS, values_BxKxSxH = k_all, v_all
+            else:
+                keys_BxKxHxS = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
+                values_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
             kv = (k_all, v_all, index)
         keys_BxKxHxS = keys_BxKxHxS.astype(q.dtype)
         values_BxKxSxH = values_BxKxSxH.astype(cfg.jnp_dtype)
         if t == 1:
             # A decode step: without the unit T axis both contractions are plain
             # batched matmuls over (B, K) that XLA on CPU runs fast.
-            q_BxKxGxH = q.reshape(b, k, n // k, h)
-            scores = _f32_einsum("bkgh,bkhs->bkgs", q_BxKxGxH, keys_BxKxHxS) * (h**-0.5)
-            scores = jnp.where(mask_BxTxS[:, 0, None, None], scores, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
-            out = jnp.einsum("bkgs,bksh->bkgh", probs, values_BxKxSxH)
+            queries = q.reshape(b, k, n // k, h)
+            mask = mask_BxTxS[:, 0, None, None]
+            score_spec, out_spec = "bkgh,bkhs->bkgs", "bkgs,bksh->bkgh"
         else:
-            q_BxTxKxGxH = q.reshape(b, t, k, n // k, h)
-            scores = _f32_einsum("btkgh,bkhs->bkgts", q_BxTxKxGxH, keys_BxKxHxS) * (h**-0.5)
-            scores = jnp.where(mask_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
-            out = jnp.einsum("bkgts,bksh->btkgh", probs, values_BxKxSxH)
+            queries = q.reshape(b, t, k, n // k, h)
+            mask = mask_BxTxS[:, None, None]
+            score_spec, out_spec = "btkgh,bkhs->bkgts", "bkgts,bksh->btkgh"
+        scores = _f32_einsum(score_spec, queries, keys_BxKxHxS) * (h**-0.5)
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
+        out = jnp.einsum(out_spec, probs, values_BxKxSxH)
         return self.o_proj(out.reshape(b, t, n * h)), kv
 
 
@@ -251,6 +247,11 @@ def count_params(params: Params) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
+def has_unrolled_layers(params: Params) -> bool:
+    """`params["layers"]` is a sequence of per-layer dicts (`unstack_layers`)."""
+    return isinstance(params["layers"], (tuple, list))
+
+
 def unstack_layers(params: Params) -> Params:
     """`params` with `layers` as a tuple of per-layer dicts: `forward` then unrolls.
 
@@ -261,9 +262,9 @@ def unstack_layers(params: Params) -> Params:
     cache from `init_cache(..., per_layer=True)`. Inside `jit` the slices are
     taken once per call.
     """
-    layers = params["layers"]
-    if isinstance(layers, (tuple, list)):
+    if has_unrolled_layers(params):
         return params
+    layers = params["layers"]
     n = jax.tree.leaves(layers)[0].shape[0]
     per_layer = [jax.tree.map(operator.itemgetter(i), layers) for i in range(n)]
     return {**params, "layers": tuple(per_layer)}
@@ -327,7 +328,7 @@ def forward(
         attn_mask = valid_BxS[:, None, :] & (slots_S[None, :] <= query_slots_T[:, None])[None]
         kv = (cache.k_LxBxKxHxS, cache.v_LxBxKxSxH, cache.index)
     layer_states = None
-    if isinstance(params["layers"], (tuple, list)):
+    if has_unrolled_layers(params):
         layer_states = params["layers"]
         # The stacked layers are never read on this path: shapes stand in for them.
         params = {**params, "layers": _abstract_layers(config)}
