@@ -2,9 +2,10 @@ r"""Decode benchmark: ram_jax's two-model scan vs the reference's per-token PyTo
 
   python experiments/bench_decode.py [--quick]
 
-A "small" pair with a 32k vocabulary (random float32 weights; the timing does
-not depend on the values): proposal P, 8 layers of width 512 (~58M
-parameters); aligner Q, 2 layers of width 256 with tied embeddings (~10M).
+A "small" pair with a 32k vocabulary (random float32 weights; the timing
+depends on the values only through par_kl's gate, reported as
+`aligner_branch_rate`): proposal P, 8 layers of width 512 (~56M parameters);
+aligner Q, 2 layers of width 256 with tied embeddings (~10M).
 Prompt 128 tokens, 128 new tokens (`--quick`: 32 new, batches 1 and 32, fewer
 modes and torch tokens).
 
@@ -17,7 +18,8 @@ Measured in one run, on whatever device JAX and torch find (CPU here):
            steps divided by its length); tokens/s = batch / step.
   proposal_only / aligner_only: the decoder with one model (modes `proposal`
            and `aligner` without the other model's params).
-  torch_reference: transformers LlamaForCausalLM copies of both models (the
+  torch_reference (`experiments/torch_reference.py`): transformers
+           LlamaForCausalLM copies of both models (the
            same weights through save_hf / from_pretrained), batch 1, a Python
            loop over tokens feeding both past_key_values, the par_kl warper in
            torch per token (KL gate, P's nucleus, temperature, repetition
@@ -29,8 +31,9 @@ Measured in one run, on whatever device JAX and torch find (CPU here):
            and the batch-32 decode step's skinny shapes), measured here.
   peak_fraction: FLOPs per token (2 x matmul parameters of both models incl.
            the LM heads + attention 4 x L x context x N x H) x tokens/s / peak.
-  roofline: the least time a batch-32 par_kl step can take here in float32:
-           each of its weight matmuls alone at its best measured speed, plus
+  roofline (`experiments/roofline.py`): the least time a batch-32 par_kl
+           step can take here in float32: each of its weight matmuls alone
+           at its best measured speed, plus
            one streaming read of both KV caches at the measured read
            bandwidth; its peak fraction is the most any decoder could reach.
 
@@ -43,19 +46,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ram_jax import convert, decode, stream
+from experiments import roofline, torch_reference
+from ram_jax import decode, stream
 from ram_jax.config import ModelConfig
 from ram_jax.sampling import REFERENCE, SamplingConfig
 from ram_jax.transformer import abstract_params, count_params
+
+# The float32 matmul peak: a square shape and the batch-32 step's skinny ones.
+PEAK_SHAPES = [(1024, 1024, 1024), (32, 512, 1408), (32, 512, 32000), (32, 1408, 512)]
 
 VOCAB = 32000
 PROPOSAL = ModelConfig(
@@ -101,83 +106,10 @@ def random_params(config: ModelConfig, seed: int):
     return jax.tree_util.tree_map_with_path(draw, abstract_params(config))
 
 
-def flops_per_token(config: ModelConfig, context: int) -> float:
-    params = count_params(abstract_params(config))
-    embed = config.vocab_size * config.hidden_size
-    matmul = params - (0 if config.tie_embeddings else embed)  # the tied head is a matmul
-    attention = 4 * config.num_layers * context * config.num_heads * config.head_dim
-    return 2.0 * matmul + attention
-
-
 def block(x):
     return jax.tree.map(
         lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x
     )
-
-
-def matmul_peak(repeats=5) -> float:
-    best = 0.0
-    shapes = [(1024, 1024, 1024), (32, 512, 1408), (32, 512, VOCAB), (32, 1408, 512)]
-    for m, k, n in shapes:
-        a = jnp.ones((m, k), jnp.float32)
-        b = jnp.ones((k, n), jnp.float32)
-        f = jax.jit(lambda a, b: a @ b)
-        f(a, b).block_until_ready()
-        reps = max(1, int(2e9 / (2 * m * k * n)))
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                out = f(a, b)
-            out.block_until_ready()
-            best = max(best, reps * 2 * m * k * n / (time.perf_counter() - t0))
-    return best
-
-
-def step_matmuls(config: ModelConfig, batch: int) -> list[tuple[int, int, int, int]]:
-    """(m, k, n, count) of every weight matmul in one decode step of `batch` rows."""
-    d, f = config.hidden_size, config.intermediate_size
-    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    layer = [(d, q, 1), (d, kv, 2), (q, d, 1), (d, f, 2), (f, d, 1)]
-    out = [(batch, k, n, c * config.num_layers) for k, n, c in layer]
-    return out + [(batch, d, config.vocab_size, 1)]
-
-
-def matmul_seconds(shapes, repeats=5) -> float:
-    """Seconds for one pass over `shapes` (m, k, n, count), each timed alone at its best."""
-    total = 0.0
-    for m, k, n, count in shapes:
-        a = jnp.ones((m, k), jnp.float32)
-        b = jnp.ones((k, n), jnp.float32)
-        f = jax.jit(lambda a, b: a @ b)
-        f(a, b).block_until_ready()
-        reps = max(1, int(2e8 / (2 * m * k * n)))
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                out = f(a, b)
-            out.block_until_ready()
-            best = min(best, (time.perf_counter() - t0) / reps)
-        total += count * best
-    return total
-
-
-def read_bandwidth(nbytes=256 << 20, repeats=5) -> float:
-    """Bytes/s of a jitted sum over a large float32 array (a pure streaming read)."""
-    x = jnp.ones((nbytes // 4,), jnp.float32)
-    f = jax.jit(jnp.sum)
-    f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(x).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return nbytes / best
-
-
-def cache_bytes(config: ModelConfig, batch: int, context: int) -> int:
-    """Float32 keys and values one decode step reads at `context` slots."""
-    return 2 * 4 * config.num_layers * batch * config.num_kv_heads * context * config.head_dim
 
 
 def setup(name, models, batch, prompt):
@@ -301,76 +233,6 @@ def bench_aligner_style(models, prompt, new):
     return statistics.median(once() for _ in range(3))
 
 
-def bench_torch_reference(models, prompt, new):
-    """The reference loop: batch 1, both HF models' past_key_values, par_kl warper in torch."""
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    # Compare like with like: on a GPU host the baseline runs on the GPU too.
-    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    with tempfile.TemporaryDirectory() as tmp:
-        hf = []
-        for name, params, config in (("p", models[0], PROPOSAL), ("q", models[1], ALIGNER)):
-            convert.save_hf(params, config, os.path.join(tmp, name))
-            hf.append(
-                transformers.AutoModelForCausalLM.from_pretrained(
-                    os.path.join(tmp, name), dtype=torch.float32
-                )
-                .to(device)
-                .eval()
-            )
-    s = PAR_KL
-
-    def top_p(logits, p):
-        sorted_logits, idx = torch.sort(logits, descending=True)
-        probs = torch.softmax(sorted_logits, -1)
-        remove = (torch.cumsum(probs, -1) - probs) >= p
-        return logits.masked_fill(remove.scatter(-1, idx, remove), -float("inf"))
-
-    def warp(logits, seen):
-        logits = logits / s.temperature
-        score = torch.gather(logits, 1, seen)
-        score = torch.where(score < 0, score * s.repetition_penalty, score / s.repetition_penalty)
-        logits = logits.scatter(1, seen, score)
-        return top_p(logits, s.top_p)
-
-    ids = torch.from_numpy(np.random.default_rng(0).integers(1, VOCAB, (1, prompt))).to(device)
-
-    @torch.inference_mode()
-    def run(n):
-        out_p, out_q = hf[0](input_ids=ids, use_cache=True), hf[1](input_ids=ids, use_cache=True)
-        seen, t_first = ids, None
-        t0 = time.perf_counter()
-        for _ in range(n):
-            p, q = out_p.logits[:, -1], out_q.logits[:, -1]
-            lp, lq = torch.log_softmax(p, -1), torch.log_softmax(q, -1)
-            kl = torch.sum(lp.exp() * (lp - lq), -1)
-            if kl.item() <= s.kl_threshold:
-                nucleus = top_p(p / s.proposal_temperature, s.proposal_top_p)
-                chosen = q.masked_fill(torch.isinf(nucleus), -float("inf"))
-            else:
-                chosen = p
-            tok = torch.multinomial(torch.softmax(warp(chosen, seen), -1), 1)
-            if t_first is None:
-                t_first = time.perf_counter() - t0
-            seen = torch.cat([seen, tok], 1)
-            out_p = hf[0](input_ids=tok, past_key_values=out_p.past_key_values, use_cache=True)
-            out_q = hf[1](input_ids=tok, past_key_values=out_q.past_key_values, use_cache=True)
-        return n / (time.perf_counter() - t0)
-
-    # Under CPU contention OpenMP threads can slow torch down several-fold: give
-    # the baseline its best thread count.
-    best = {}
-    for threads in (1, 2) if device == "cpu" else (torch.get_num_threads(),):
-        torch.set_num_threads(threads)
-        run(2)  # warm-up
-        best[threads] = run(min(new, 16))
-    threads = max(best, key=best.get)
-    torch.set_num_threads(threads)
-    return run(new), threads
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced run, under 2 minutes")
@@ -385,7 +247,7 @@ def main():
     # The decoder's layer layout, arranged once as `generate` does (unrolled on CPU).
     arranged = decode.arrange_layers(*models, None)
     print(json.dumps({"device": str(jax.devices()[0]), **sizes}), flush=True)
-    peak = matmul_peak()
+    peak = roofline.matmul_peak(PEAK_SHAPES)
     print(json.dumps({"config": "matmul_peak", "gflops": peak / 1e9}), flush=True)
     records = {}
     for batch in batches:
@@ -395,14 +257,16 @@ def main():
             r = bench_mode(name, arranged, batch, prompt, new, repeats)
             context = prompt + new // 2
             fpt = sum(
-                flops_per_token(c, context)
+                roofline.flops_per_token(c, context)
                 for c, use in ((PROPOSAL, MODES[name][1]), (ALIGNER, MODES[name][2]))
                 if use
             )
             r["peak_fraction"] = fpt * r["tokens_per_s"] / peak
             records[r["config"]] = r
             print(json.dumps(r), flush=True)
-    torch_tps, threads = bench_torch_reference(models, prompt, 32 if args.quick else new)
+    torch_tps, threads = torch_reference.par_kl_tokens_per_s(
+        models, (PROPOSAL, ALIGNER), PAR_KL, VOCAB, prompt, 32 if args.quick else new
+    )
     print(
         json.dumps(
             {
@@ -417,7 +281,7 @@ def main():
     ttft = bench_ttft_pair(arranged, prompt, new)
     print(json.dumps({"config": "ttft_pair_b1", **{f"{k}_ttft_s": v for k, v in ttft.items()}}))
     # Other processes can depress one measurement of the peak: measure it again, keep the best.
-    second = matmul_peak()
+    second = roofline.matmul_peak(PEAK_SHAPES)
     if second > peak:
         for r in records.values():
             r["peak_fraction"] *= peak / second
@@ -426,13 +290,14 @@ def main():
     # The roofline of the batch-32 par_kl step on this machine: its weight matmuls, each
     # at the best speed measured for its own shape, plus one streaming read of both
     # float32 KV caches (all prompt + new slots). No decoder can beat this in float32.
-    shapes = step_matmuls(PROPOSAL, 32) + step_matmuls(ALIGNER, 32)
-    matmul_s = min(matmul_seconds(shapes), matmul_seconds(shapes))
-    bandwidth = read_bandwidth()
-    read_s = sum(cache_bytes(c, 32, prompt + new) for c in (PROPOSAL, ALIGNER)) / bandwidth
+    shapes = roofline.step_matmuls(PROPOSAL, 32) + roofline.step_matmuls(ALIGNER, 32)
+    matmul_s = min(roofline.matmul_seconds(shapes), roofline.matmul_seconds(shapes))
+    bandwidth = roofline.read_bandwidth()
+    read_s = sum(roofline.cache_bytes(c, 32, prompt + new) for c in (PROPOSAL, ALIGNER))
+    read_s /= bandwidth
     b32 = records["par_kl_b32"]
     bound_step = matmul_s + read_s
-    roofline = {
+    bound = {
         "config": "roofline_par_kl_b32",
         "matmul_ms": 1e3 * matmul_s,
         "cache_read_ms": 1e3 * read_s,
@@ -440,7 +305,7 @@ def main():
         "bound_step_ms": 1e3 * bound_step,
         "peak_fraction_bound": b32["peak_fraction"] * b32["step_s"] / bound_step,
     }
-    print(json.dumps(roofline))
+    print(json.dumps(bound))
 
     print(f"\n{'config':<20}{'ttft ms':>10}{'step ms':>10}{'tok/s':>10}{'peak':>8}")
     for r in records.values():
@@ -451,11 +316,11 @@ def main():
     print(f"{'torch_reference_b1':<20}{'':>10}{1e3 / torch_tps:>10.2f}{torch_tps:>10.1f}")
     print(f"{'aligner_style_b1':<20}{1e3 * style:>10.1f}")
     print(f"{'roofline_b32':<20}{'':>10}{1e3 * bound_step:>10.2f}{32 / bound_step:>10.1f}", end="")
-    print(f"{roofline['peak_fraction_bound']:>8.2f}")
+    print(f"{bound['peak_fraction_bound']:>8.2f}")
     summary = {
         "par_kl_b32_vs_torch_reference": b32["tokens_per_s"] / torch_tps,
         "par_kl_b32_peak_fraction": b32["peak_fraction"],
-        "par_kl_b32_peak_fraction_bound": roofline["peak_fraction_bound"],
+        "par_kl_b32_peak_fraction_bound": bound["peak_fraction_bound"],
         "par_kl_b32_step_vs_bound": bound_step / b32["step_s"],
         "par_kl_vs_model_steps": (
             records["proposal_only_b32"]["step_s"] + records["aligner_only_b32"]["step_s"]
