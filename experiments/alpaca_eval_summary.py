@@ -38,22 +38,19 @@ from collections import defaultdict
 
 import numpy as np
 
+from ram_jax.io import DataError, read_objects
+
 
 def load_annotations(path: str) -> list[dict]:
-    """Records of one annotations file; errors name the file and record."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}).") from e
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of annotation records.")
-    for i, rec in enumerate(data):
+    """Records of one annotations file; errors name the file and line."""
+    data = []
+    for where, rec in read_objects(path):
         missing = [k for k in ("output_1", "output_2", "preference") if k not in rec]
         if missing:
-            raise ValueError(
-                f"{path}: record {i} lacks {missing}; pass alpaca_eval's annotations.json."
+            raise DataError(
+                f"{where}: record lacks {missing}; pass alpaca_eval's annotations.json."
             )
+        data.append(rec)
     return data
 
 

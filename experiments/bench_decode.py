@@ -54,10 +54,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import roofline, torch_reference
-from ram_jax import decode, stream
-from ram_jax.config import ModelConfig
-from ram_jax.sampling import REFERENCE, SamplingConfig
-from ram_jax.transformer import abstract_params, count_params
+from ram_jax.decoding import decoder as decode
+from ram_jax.decoding import stream
+from ram_jax.decoding.sampling import REFERENCE, SamplingConfig
+from ram_jax.models.config import ModelConfig
+from ram_jax.models.transformer import abstract_params, count_params
 
 # The float32 matmul peak: a square shape and the batch-32 step's skinny ones.
 PEAK_SHAPES = [(1024, 1024, 1024), (32, 512, 1408), (32, 512, 32000), (32, 1408, 512)]

@@ -6,7 +6,7 @@ Both sides train the same Llama-shaped model (random init, float32, CPU or
 whatever device is present) on the same token batches: B prompts, each with a
 target response and one proposal sample, prompt P and response R tokens.
 
-  ram_jax  `ram_jax.train.make_train_step` (one jit: both sequences in one
+  ram_jax  `ram_jax.training.step.make_train_step` (one jit: both sequences in one
            forward, float32 log-probs, rmsprop, clip 10), one device.
   torch    the reference trainer's step: transformers `LlamaForCausalLM`,
            a forward for the chosen batch and one for the sample batch,
@@ -34,10 +34,11 @@ import time
 import jax
 import numpy as np
 
-from ram_jax import optim, train
 from ram_jax import sharding as shd
-from ram_jax.config import get_preset
-from ram_jax.losses import Objective
+from ram_jax.models.config import get_preset
+from ram_jax.training import optim
+from ram_jax.training import step as train
+from ram_jax.training.losses import Objective
 
 ALPHA = 1e-4
 

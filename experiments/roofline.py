@@ -12,8 +12,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from ram_jax.config import ModelConfig
-from ram_jax.transformer import abstract_params, count_params
+from ram_jax.models.config import ModelConfig
+from ram_jax.models.transformer import abstract_params, count_params
 
 
 def flops_per_token(config: ModelConfig, context: int) -> float:

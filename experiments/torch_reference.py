@@ -16,8 +16,8 @@ import time
 import jax
 import numpy as np
 
-from ram_jax import convert
-from ram_jax.sampling import SamplingConfig
+from ram_jax.decoding.sampling import SamplingConfig
+from ram_jax.models import convert
 
 
 def par_kl_tokens_per_s(models, configs, s: SamplingConfig, vocab: int, prompt: int, new: int):

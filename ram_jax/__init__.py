@@ -2,12 +2,22 @@
 
 A frozen large proposal P and a small trained residual aligner Q are decoded
 together token by token; only Q is trained. Everything here is a pure function
-over plain parameter pytrees. Submodules hold the rest: `ram_jax.checkpoint`
-(Orbax train checkpoints), `ram_jax.data` (rows, tokenization, batches),
-`ram_jax.datasets` (tfds builders for the paper's datasets), `ram_jax.plan`
-(memory planning), `ram_jax.stream` and `ram_jax.decode_loop` (streaming and
-early-exit decoding), and the command-line entry points `ram_jax.main`,
-`ram_jax.generate` and `ram_jax.sample_proposal`.
+over plain parameter pytrees. The package holds three things and their commands:
+
+  ram_jax.models     the decoders (config, transformer, KV cache, RoPE), HF import /
+                     export, tokenizers
+  ram_jax.decoding   token rules, RAM modes, the jitted decoder, streaming, batching
+  ram_jax.training   objectives, the sharded train step and loop, optimizers, checkpoints
+  ram_jax.data       training rows, templates, tokenized groups, batches
+                     (`ram_jax.datasets`: tfds builders for the paper's datasets)
+  ram_jax.planning   per-device memory plans
+  ram_jax.io, ram_jax.sharding, ram_jax.cli
+                     JSON readers / atomic writers, partition rules, command runner
+  commands           python -m ram_jax.{main, generate, sample_proposal, plan,
+                     datasets.prepare}
+
+The names below are the curated API (`ram_jax.__all__`); they are imported on
+first use, so `import ram_jax` itself stays light.
 
 Dimension legend for shape-suffixed names (`logits_BxTxV`, `tokens_BxT`):
   B  batch rows                 T  tokens in the current block
@@ -19,107 +29,72 @@ Dimension legend for shape-suffixed names (`logits_BxTxV`, `tokens_BxT`):
   R  response (generated) tokens
 """
 
-from ram_jax.cache import KVCache, init_cache, positions_from_mask
-from ram_jax.config import PRESETS, ModelConfig, RopeScaling, from_hf_config, get_preset
-from ram_jax.convert import load_hf, save_hf
-from ram_jax.decode import DecodeOutput
-from ram_jax.losses import (
-    OBJECTIVES,
-    Objective,
-    dpo_loss,
-    model_sequence_logprobs,
-    ram_dpo_loss,
-    ram_mc_loss,
-    ram_sft_loss,
-    sequence_logprobs,
-    sft_loss,
-)
-from ram_jax.modes import next_token, resample_sequences
-from ram_jax.optim import make_optimizer, make_schedule
-from ram_jax.sampling import (
-    MODES,
-    PAPER_TEMPERATURES,
-    REFERENCE,
-    SamplingConfig,
-    reference_sampling,
-)
-from ram_jax.sharding import DEFAULT_RULES, make_mesh, param_shardings
-from ram_jax.tokenizer import (
-    build_tokenizer,
-    check_same_tokenizer,
-    check_vocab_fits,
-    eos_token_ids,
-    load_tokenizer,
-    slice_vocab,
-    tokenizer_length,
-)
-from ram_jax.train import (
-    TrainState,
-    abstract_state,
-    init_state,
-    make_eval_step,
-    make_train_step,
-    state_shardings,
-)
-from ram_jax.transformer import (
-    Transformer,
-    abstract_params,
-    count_params,
-    forward,
-    init_params,
-    unstack_layers,
-)
+import importlib
 
-__all__ = [
-    "DEFAULT_RULES",
-    "DecodeOutput",
-    "KVCache",
-    "MODES",
-    "ModelConfig",
-    "OBJECTIVES",
-    "Objective",
-    "PAPER_TEMPERATURES",
-    "PRESETS",
-    "REFERENCE",
-    "RopeScaling",
-    "SamplingConfig",
-    "TrainState",
-    "Transformer",
-    "abstract_params",
-    "abstract_state",
-    "build_tokenizer",
-    "check_same_tokenizer",
-    "check_vocab_fits",
-    "count_params",
-    "dpo_loss",
-    "eos_token_ids",
-    "forward",
-    "from_hf_config",
-    "get_preset",
-    "init_cache",
-    "init_params",
-    "init_state",
-    "load_hf",
-    "load_tokenizer",
-    "make_eval_step",
-    "make_mesh",
-    "make_optimizer",
-    "make_schedule",
-    "make_train_step",
-    "model_sequence_logprobs",
-    "next_token",
-    "param_shardings",
-    "positions_from_mask",
-    "ram_dpo_loss",
-    "ram_mc_loss",
-    "ram_sft_loss",
-    "reference_sampling",
-    "resample_sequences",
-    "save_hf",
-    "sequence_logprobs",
-    "sft_loss",
-    "slice_vocab",
-    "state_shardings",
-    "tokenizer_length",
-    "unstack_layers",
-]
+_EXPORTS = {
+    "DecodeOutput": "ram_jax.decoding.decoder",
+    "next_token": "ram_jax.decoding.modes",
+    "resample_sequences": "ram_jax.decoding.modes",
+    "MODES": "ram_jax.decoding.sampling",
+    "PAPER_TEMPERATURES": "ram_jax.decoding.sampling",
+    "REFERENCE": "ram_jax.decoding.sampling",
+    "SamplingConfig": "ram_jax.decoding.sampling",
+    "reference_sampling": "ram_jax.decoding.sampling",
+    "KVCache": "ram_jax.models.cache",
+    "init_cache": "ram_jax.models.cache",
+    "positions_from_mask": "ram_jax.models.cache",
+    "ModelConfig": "ram_jax.models.config",
+    "PRESETS": "ram_jax.models.config",
+    "RopeScaling": "ram_jax.models.config",
+    "from_hf_config": "ram_jax.models.config",
+    "get_preset": "ram_jax.models.config",
+    "load_hf": "ram_jax.models.convert",
+    "save_hf": "ram_jax.models.convert",
+    "build_tokenizer": "ram_jax.models.tokenizer",
+    "check_same_tokenizer": "ram_jax.models.tokenizer",
+    "check_vocab_fits": "ram_jax.models.tokenizer",
+    "eos_token_ids": "ram_jax.models.tokenizer",
+    "load_tokenizer": "ram_jax.models.tokenizer",
+    "slice_vocab": "ram_jax.models.tokenizer",
+    "tokenizer_length": "ram_jax.models.tokenizer",
+    "Transformer": "ram_jax.models.transformer",
+    "abstract_params": "ram_jax.models.transformer",
+    "count_params": "ram_jax.models.transformer",
+    "forward": "ram_jax.models.transformer",
+    "init_params": "ram_jax.models.transformer",
+    "unstack_layers": "ram_jax.models.transformer",
+    "DEFAULT_RULES": "ram_jax.sharding",
+    "make_mesh": "ram_jax.sharding",
+    "param_shardings": "ram_jax.sharding",
+    "OBJECTIVES": "ram_jax.training.losses",
+    "Objective": "ram_jax.training.losses",
+    "dpo_loss": "ram_jax.training.losses",
+    "ram_dpo_loss": "ram_jax.training.losses",
+    "ram_mc_loss": "ram_jax.training.losses",
+    "ram_sft_loss": "ram_jax.training.losses",
+    "sequence_logprobs": "ram_jax.training.losses",
+    "sft_loss": "ram_jax.training.losses",
+    "make_optimizer": "ram_jax.training.optim",
+    "make_schedule": "ram_jax.training.optim",
+    "TrainState": "ram_jax.training.step",
+    "abstract_state": "ram_jax.training.step",
+    "init_state": "ram_jax.training.step",
+    "make_eval_step": "ram_jax.training.step",
+    "make_train_step": "ram_jax.training.step",
+    "model_sequence_logprobs": "ram_jax.training.step",
+    "state_shardings": "ram_jax.training.step",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ram_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

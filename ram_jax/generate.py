@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 
 import jax
@@ -27,10 +26,13 @@ import numpy as np
 from absl import app, flags
 from tqdm import tqdm
 
-from ram_jax import batching, cli, convert, stream
-from ram_jax import decode as D
-from ram_jax import sampling as S
-from ram_jax import tokenizer as T
+from ram_jax import cli, io
+from ram_jax.data import templates
+from ram_jax.decoding import batching, stream
+from ram_jax.decoding import decoder as D
+from ram_jax.decoding import sampling as S
+from ram_jax.models import tokenizer as T
+from ram_jax.training.model import load_model, model_dir
 
 FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
 _PROPOSAL = flags.DEFINE_string(
@@ -45,8 +47,14 @@ _TOKENIZER = flags.DEFINE_string(
 _PROMPTS = flags.DEFINE_string(
     "prompts", None, "JSON / JSONL; field `instruction` or `prompt`.", flag_values=FLAGS
 )
-_TEMPLATE = flags.DEFINE_enum(
-    "template", "raw", sorted(batching.TEMPLATES), "Prompt template.", flag_values=FLAGS
+_TEMPLATE = flags.DEFINE_string(
+    "template",
+    "raw",
+    f"Prompt template: one of {sorted(templates.TEMPLATES)} or a string with {{prompt}}.",
+    flag_values=FLAGS,
+)
+_ADD_BOS = flags.DEFINE_bool(
+    "add_bos", False, "Start prompts with BOS (as the aligner's data.add_bos).", flag_values=FLAGS
 )
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Output JSON (AlpacaEval format).", required=True, flag_values=FLAGS
@@ -126,63 +134,34 @@ def sampling_from_flags() -> S.SamplingConfig:
 
 def read_prompts(path: str) -> list[str]:
     """Instructions from a JSON list or JSONL file (field `instruction` or `prompt`)."""
-    with open(path) as f:
-        text = f.read()
-    try:
-        rows = json.loads(text)
-        rows = rows if isinstance(rows, list) else [rows]
-    except json.JSONDecodeError:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not JSON ({e.msg}).") from None
     out = []
-    for i, row in enumerate(rows):
-        value = row.get("instruction", row.get("prompt")) if isinstance(row, dict) else None
+    for where, row in io.read_objects(path):
+        value = row.get("instruction", row.get("prompt"))
         if not isinstance(value, str):
-            raise ValueError(f"{path}: record {i} has no string field 'instruction' or 'prompt'.")
+            raise io.DataError(
+                f"{where}: record has no string field 'instruction' or 'prompt' "
+                f"(fields: {sorted(row)})."
+            )
         out.append(value)
-    if not out:
-        raise ValueError(f"{path}: no prompts.")
     return out
-
-
-def model_dir(path: str, name: str) -> str:
-    """An HF model directory: `path` itself, or a training workdir's `export/`."""
-    for candidate in (path, os.path.join(path, "export")):
-        if os.path.isfile(os.path.join(candidate, "config.json")):
-            return candidate
-    raise FileNotFoundError(
-        f"--{name}={path}: neither it nor {path}/export holds config.json; pass an HF model "
-        "directory (a training run exports one to <workdir>/export)."
-    )
-
-
-def write_json_atomic(obj, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-    os.replace(f.name, path)
 
 
 def run(sampling: S.SamplingConfig) -> dict:
     """Loads models and prompts, decodes, writes outputs; returns the metrics."""
     if _BATCH.value < 1:
         raise ValueError(f"--batch_size={_BATCH.value} must be >= 1.")
+    io.check_output_path(_OUTPUT.value, "--output")
+    templates.resolve(_TEMPLATE.value)
     instructions = read_prompts(_PROMPTS.value)
-    p_dir = model_dir(_PROPOSAL.value, "proposal")
+    p_dir = model_dir(_PROPOSAL.value) or _PROPOSAL.value
     tok = T.load_tokenizer(_TOKENIZER.value or p_dir)
-    q_dir = model_dir(_ALIGNER.value, "aligner") if _ALIGNER.value else None
+    q_dir = (model_dir(_ALIGNER.value) or _ALIGNER.value) if _ALIGNER.value else None
     if q_dir and os.path.isfile(os.path.join(q_dir, "tokenizer.json")):
         T.check_same_tokenizer(tok, T.load_tokenizer(q_dir), "proposal", "aligner")
     if sampling.needs_aligner and q_dir is None:
         raise ValueError(f"--mode={sampling.mode} needs --aligner; or use --mode=proposal.")
-    p_config, p_params = convert.load_hf(p_dir, param_dtype=_DTYPE.value)
-    q_config, q_params = convert.load_hf(q_dir, param_dtype=_DTYPE.value) if q_dir else (None,) * 2
+    p_config, p_params = load_model(p_dir, _DTYPE.value, "--proposal")
+    q_config, q_params = load_model(q_dir, _DTYPE.value, "--aligner") if q_dir else (None,) * 2
     # The decoder's layer layout, once (on CPU: per-layer arrays; no copy per batch).
     p_params, q_params = D.arrange_layers(p_params, q_params, None)
     vocab = T.tokenizer_length(tok)
@@ -192,7 +171,8 @@ def run(sampling: S.SamplingConfig) -> dict:
     eos = T.eos_token_ids(tok, p_config)
     pad = tok.token_to_id(T.PAD_TOKEN)
     pad = eos[0] if pad is None else pad
-    prompts = batching.encode_prompts(tok, instructions, _TEMPLATE.value)
+    bos = T.bos_token_id(tok, p_config) if _ADD_BOS.value else None
+    prompts = templates.encode_prompts(tok, instructions, _TEMPLATE.value, bos_id=bos)
     configs = [c for c in (p_config, q_config) if c is not None]
     batching.check_prompts(prompts, _MAX_NEW.value, configs, vocab)
 
@@ -260,7 +240,7 @@ def run(sampling: S.SamplingConfig) -> dict:
         {"instruction": i, "output": t, "generator": generator}
         for i, t in zip(instructions, texts, strict=True)
     ]
-    write_json_atomic(records, _OUTPUT.value)
+    io.write_json(_OUTPUT.value, records)
     # Timings skip the first batch (compilation) when later batches exist.
     warm = slice(1, None) if len(seconds) > 1 else slice(None)
     batch_tokens = [int(np.sum(x)) for x in lengths]
@@ -277,7 +257,7 @@ def run(sampling: S.SamplingConfig) -> dict:
         "output": _OUTPUT.value,
         "sampling": {k: getattr(sampling, k) for k in _SAMPLING_FLAGS},
     }
-    write_json_atomic(metrics, _OUTPUT.value + ".metrics.json")
+    io.write_json(_OUTPUT.value + ".metrics.json", metrics)
     return metrics
 
 

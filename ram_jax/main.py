@@ -62,7 +62,7 @@ def main(argv):
 
     if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _multi_process_launch()):
         jax.distributed.initialize()
-    from ram_jax import train_loop
+    from ram_jax.training import loop as train_loop
 
     train_loop.run(_CONFIG.value, _WORKDIR.value)
 

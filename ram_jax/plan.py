@@ -1,226 +1,86 @@
-r"""Memory planning: per-device bytes of a training stage or a RAM decoding pair, before renting.
+r"""Plan per-device memory before renting: a training stage, a decoding pair, the README table.
 
   python -m ram_jax.plan --config=experiments/paper/uc_llama8b_wup_ram1b.py:stage=aligner \
       --device=v5e-8 [--mesh=data=1,fsdp=8,tensor=1]
   python -m ram_jax.plan --decode=llama-3.1-8b+llama-3.2-1b --device=8xH100 --batch=32 --length=2048
   python -m ram_jax.plan --table          # the README table (paper pairs x v5e-8, v4-8, 8xH100)
 
-Parameters and optimizer state are exact: shapes from `jax.eval_shape`
-(`transformer.abstract_params`, `optimizer.init`), per-device shard shapes
-from the regex partition table (`ram_jax.sharding`) on an abstract mesh.
-Everything else is an estimate whose formula is stated here:
-
-  gradients    float32, sharded like the parameters; x2 when grad_accum > 1
-               (the scan carries the running sum next to the microbatch's gradient).
-  gathered     FSDP gathers one stacked layer at a time inside the layer scan;
-               2 layers' weights in the compute dtype (one in use, one prefetched).
-  activations  tokens_dev = batch / (grad_accum * data * fsdp) * G * T, with G
-               sequences per example (sft 1; ram_sft, ram_dpo, dpo 2; ram_mc 1 + K)
-               and T = max_length (the longest bucket). Per token and layer, with
-               s bytes per compute-dtype element (naive attention, as in transformer.py):
-                 A = s * (6 D + 2 N H + 2 K H + 3 F) + (12 + s) * N * T
-               (norm inputs/outputs, residuals, q/k/v, attention output, MLP
-               gate/up/product; over T keys three float32 tensors, the scores, the
-               masked scores and their exponentials, plus the compute-dtype
-               probabilities: what XLA kept per layer on an H200, where 4 + s
-               under-estimated by 2x). Logits: 12 V bytes per token (float32
-               logits, log-softmax, their gradient).
-                 no remat:  tokens_dev * (L * A + 12 V)
-                 remat:     tokens_dev * (L * s * D + A + 12 V)
-               (per-layer remat keeps each layer's input and recomputes one layer).
-  reference    DPO's frozen reference: its float32 parameters, sharded the same way.
-  decoding     both models' weights in the decode dtype, sharded by the table, plus
-               KV caches 2 * L * B * S * K * H * s per model, the batch split over
-               (data, fsdp) when it divides.
-XLA's own buffers, fragmentation and collectives' scratch are not modelled:
-keep the estimate under about 90% of HBM. Measured on one H200 (bf16 compute, one
-ram_sft example = 2 sequences per microbatch, grad_accum 2; allocator peak vs
-plan; script experiments/paper/check_plan_gpu.py):
-  Llama-3.2-1B remat, T 2048:     23.2 GB vs 28.5 GB planned
-  Qwen2.5-3B remat, T 2048:       51.7 GB vs 59.0 GB
-  Llama-3.2-1B remat, T 1024:     20.4 GB vs 24.4 GB
-  Llama-3.2-1B no remat, T 1024:  33.3 GB vs 41.0 GB
-so the plan errs on the safe side by 14-23%.
+The estimates and their formulas: `ram_jax.planning.memory`.
 """
 
-from __future__ import annotations
+from absl import app, flags
+from ml_collections import config_flags
 
-import dataclasses
-import functools
-import math
-
-import jax
-import jax.numpy as jnp
-from jax.sharding import AbstractMesh, AxisType
-
+from ram_jax import cli
 from ram_jax import sharding as shd
-from ram_jax.config import ModelConfig
-from ram_jax.transformer import abstract_params
+from ram_jax.models.config import get_preset
+from ram_jax.planning import report
+from ram_jax.planning.memory import DEVICES, decode_memory, parse_mesh
 
-GiB = 1024**3
-
-
-@dataclasses.dataclass(frozen=True)
-class Device:
-    """An accelerator slice: chips and HBM per chip."""
-
-    name: str
-    chips: int
-    hbm_bytes: int
-
-
-DEVICES = {
-    "v5e-8": Device("v5e-8", 8, 16 * GiB),
-    "v4-8": Device("v4-8", 4, 32 * GiB),
-    "8xH100": Device("8xH100", 8, 80 * GiB),
-    # Larger slices, for the proposal stages that an 8-chip TPU slice cannot hold.
-    "v5e-32": Device("v5e-32", 32, 16 * GiB),
-    "v4-16": Device("v4-16", 8, 32 * GiB),
-}
-GROUP_SIZE = {"sft": 1, "ram_sft": 2, "ram_dpo": 2, "dpo": 2}
-
-
-def abstract_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1) -> AbstractMesh:
-    """A device-free ('data', 'fsdp', 'tensor') mesh for shard-shape arithmetic."""
-    return AbstractMesh((data, fsdp, tensor), shd.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file.", flag_values=FLAGS
+)
+_DEVICE = flags.DEFINE_enum(
+    "device", "v5e-8", sorted(DEVICES), "Accelerator slice.", flag_values=FLAGS
+)
+_MESH = flags.DEFINE_string(
+    "mesh", None, "data=..,fsdp=..,tensor=.. (-1: the rest; default: config).", flag_values=FLAGS
+)
+_DECODE = flags.DEFINE_string(
+    "decode", None, "Plan decoding of PROPOSAL+ALIGNER presets instead.", flag_values=FLAGS
+)
+_BATCH = flags.DEFINE_integer("batch", 32, "Decoding batch.", flag_values=FLAGS)
+_LENGTH = flags.DEFINE_integer(
+    "length", 2048, "Decoding cache slots (prompt + new tokens).", flag_values=FLAGS
+)
+_DECODE_DTYPE = flags.DEFINE_string(
+    "decode_dtype", "bfloat16", "Weights and cache dtype for decoding.", flag_values=FLAGS
+)
+_TABLE = flags.DEFINE_bool(
+    "table", False, "Print the README table for the paper's pairs.", flag_values=FLAGS
+)
 
 
-def parse_mesh(text: str, chips: int) -> AbstractMesh:
-    """'data=1,fsdp=-1,tensor=1' -> mesh over `chips` devices (-1 takes the rest)."""
-    sizes = {"data": 1, "fsdp": 1, "tensor": 1}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        if key not in sizes:
-            raise ValueError(f"--mesh: unknown axis {key!r}; use data, fsdp, tensor.")
-        sizes[key] = int(value)
-    known = math.prod(v for v in sizes.values() if v != -1)
-    for k, v in sizes.items():
-        if v == -1:
-            sizes[k] = chips // known
-    if math.prod(sizes.values()) != chips:
-        raise ValueError(f"mesh {sizes} does not use exactly {chips} chips.")
-    return abstract_mesh(**sizes)
-
-
-def sharded_bytes(tree, shardings) -> int:
-    """Bytes one device holds of `tree` (ShapeDtypeStructs) under `shardings`."""
-    total = 0
-    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True):
-        total += math.prod(s.shard_shape(tuple(x.shape))) * jnp.dtype(x.dtype).itemsize
-    return total
-
-
-@functools.lru_cache(maxsize=256)
-def param_bytes(config: ModelConfig, mesh: AbstractMesh, dtype: str = "float32") -> int:
-    """Per-device bytes of a model's parameters stored in `dtype`."""
-    params = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype)), abstract_params(config)
-    )
-    return sharded_bytes(params, shd.param_shardings(params, mesh))
-
-
-@functools.lru_cache(maxsize=256)
-def optimizer_bytes(config: ModelConfig, optimizer, mesh: AbstractMesh) -> int:
-    """Per-device bytes of `optimizer.init` on float32 parameters (exact)."""
-    params = abstract_params(config.replace(param_dtype="float32"))
-    state = jax.eval_shape(optimizer.init, params)
-    return sharded_bytes(state, shd.state_shardings(state, mesh))
-
-
-@functools.lru_cache(maxsize=256)
-def layer_weight_bytes(config: ModelConfig, mesh: AbstractMesh) -> int:
-    """One layer's weights in the compute dtype, gathered over fsdp (still split by tensor)."""
-    params = abstract_params(config)["layers"]
-    tensor = mesh.shape["tensor"]
-    n = sum(math.prod(x.shape[1:]) for x in jax.tree.leaves(params))
-    return n * jnp.dtype(config.dtype).itemsize // tensor
-
-
-def activation_bytes_per_token(config: ModelConfig, seq_len: int, remat: bool) -> int:
-    """The module docstring's A-formula, per token, summed over layers (+ logits)."""
-    c = config
-    s = jnp.dtype(c.dtype).itemsize
-    n, k, h = c.num_heads, c.num_kv_heads, c.head_dim
-    layer = s * (6 * c.hidden_size + 2 * n * h + 2 * k * h + 3 * c.intermediate_size)
-    layer += (12 + s) * n * seq_len
-    logits = 12 * c.vocab_size
-    if remat:
-        return c.num_layers * s * c.hidden_size + layer + logits
-    return c.num_layers * layer + logits
-
-
-def train_memory(
-    config: ModelConfig,
-    optimizer,
-    mesh: AbstractMesh,
-    *,
-    objective: str,
-    batch_size: int,
-    grad_accum: int,
-    max_length: int,
-    remat: bool,
-    num_samples: int = 1,
-) -> dict[str, int]:
-    """Per-device bytes of one training stage (keys: params ... total)."""
-    group = 1 + num_samples if objective == "ram_mc" else GROUP_SIZE[objective]
-    rows = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch_size % (grad_accum * rows):
-        raise ValueError(
-            f"batch {batch_size} does not split into {grad_accum} microbatches over {rows} "
-            "batch shards."
+def main(argv):
+    del argv
+    device = DEVICES[_DEVICE.value]
+    if _TABLE.value:
+        print(report.markdown_table(_BATCH.value, _LENGTH.value))
+        return
+    if _DECODE.value:
+        big, _, small = _DECODE.value.partition("+")
+        mesh = parse_mesh(_MESH.value or "fsdp=-1", device.chips)
+        m = decode_memory(
+            get_preset(big),
+            get_preset(small) if small else None,
+            mesh,
+            batch=_BATCH.value,
+            length=_LENGTH.value,
+            dtype=_DECODE_DTYPE.value,
         )
-    tokens = batch_size // (grad_accum * rows) * group * max_length
-    p = param_bytes(config, mesh)
-    out = {
-        "params": p,
-        "optimizer": optimizer_bytes(config, optimizer, mesh),
-        "gradients": p * (2 if grad_accum > 1 else 1),
-        "gathered": 2 * layer_weight_bytes(config, mesh),
-        "activations": tokens * activation_bytes_per_token(config, max_length, remat),
-        "reference": p if objective == "dpo" else 0,
-    }
-    out["total"] = sum(out.values())
-    return out
-
-
-def decode_memory(
-    proposal: ModelConfig,
-    aligner: ModelConfig | None,
-    mesh: AbstractMesh,
-    *,
-    batch: int,
-    length: int,
-    dtype: str = "bfloat16",
-) -> dict[str, int]:
-    """Per-device bytes of joint decoding: weights and KV caches of both models."""
-    rows = mesh.shape["data"] * mesh.shape["fsdp"]
-    local_batch = batch // rows if batch % rows == 0 else batch
-    s = jnp.dtype(dtype).itemsize
-    out = {}
-    for name, cfg in (("proposal", proposal), ("aligner", aligner)):
-        if cfg is None:
-            continue
-        out[f"{name}_weights"] = param_bytes(cfg, mesh, dtype)
-        kv = 2 * cfg.num_layers * local_batch * length * cfg.num_kv_heads * cfg.head_dim * s
-        out[f"{name}_kv_cache"] = kv
-    out["total"] = sum(out.values())
-    return out
-
-
-def suggest_grad_accum(fits, batch_size: int, rows: int) -> int | None:
-    """Smallest grad_accum (a divisor of the per-shard batch) for which `fits(a)` holds."""
-    per_shard = batch_size // rows
-    for a in range(1, per_shard + 1):
-        if per_shard % a == 0 and fits(a):
-            return a
-    return None
-
-
-def gib(n: int) -> str:
-    return f"{n / GiB:.1f}"
+        print(
+            report.report(
+                f"decode {_DECODE.value} batch {_BATCH.value} x {_LENGTH.value}", m, device
+            )
+        )
+        return
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("pass --config=FILE, --decode=BIG+SMALL or --table.")
+    mesh_text = _MESH.value or ",".join(f"{a}={config.mesh[a]}" for a in shd.MESH_AXES)
+    mesh = parse_mesh(mesh_text, device.chips)
+    m = report.plan_training(config, device, mesh)
+    print(
+        report.report(
+            f"train {config.model.preset} ({config.objective.name}, batch {config.batch_size}, "
+            f"accum {config.grad_accum}, length {config.data.max_length}, remat "
+            f"{config.model.remat}, mesh {dict(mesh.shape)})",
+            m,
+            device,
+        )
+    )
 
 
 if __name__ == "__main__":
-    from ram_jax import plan_report
-
-    plan_report.run()
+    cli.run(main, FLAGS)

@@ -4,12 +4,12 @@ r"""Synthesise the aligner's negatives: K proposal samples per training prompt.
       --proposal=/ckpt/Llama-3.1-8B-warmup [--num_samples=1 --batch_size=16]
 
 Reads a training file (rows with 'prompt', or Anthropic-HH conversations),
-decodes with the proposal alone (`ram_jax.decode.generate`, mode 'proposal')
+decodes with the proposal alone (`ram_jax.decoding.decoder.generate`, mode 'proposal')
 using the reference's settings by default (temperature 0.5, top_p 0.95,
 repetition penalty 1.05, FastChat processor order, stop at "\n\nHuman"), and
 writes every input row unchanged plus a 'sampling' field (a string for K = 1,
-a list of K strings otherwise). Use the same `--prompt_template` and
-`--max_prompt_length` as training (`data.prompt_template`, ...) so the samples
+a list of K strings otherwise). Use the same `--prompt_template`, `--add_bos`
+and `--max_prompt_length` as training (`data.prompt_template`, ...) so the samples
 continue exactly the prompts the aligner sees.
 
 Progress is appended batch by batch to OUTPUT.partial; rerunning the same
@@ -28,28 +28,20 @@ import jax
 from absl import flags
 from tqdm import tqdm
 
-from ram_jax import batching, cli, convert
-from ram_jax import checkpoint as ckpt
-from ram_jax.data.rows import parse_row, records
-from ram_jax.decode import generate
-from ram_jax.model_init import checkpoint_model_config
-from ram_jax.sampling import SamplingConfig
-from ram_jax.tokenizer import eos_token_ids, load_tokenizer, tokenizer_length
-from ram_jax.transformer import abstract_params
+from ram_jax import cli
+from ram_jax.data import read_rows, templates
+from ram_jax.decoding import batching
+from ram_jax.decoding.decoder import generate
+from ram_jax.decoding.sampling import REFERENCE_NEGATIVES, REFERENCE_STOPS, SamplingConfig
+from ram_jax.models.tokenizer import (
+    bos_token_id,
+    eos_token_ids,
+    load_tokenizer,
+    tokenizer_length,
+)
+from ram_jax.training.model import load_model
 
 PARTIAL = ".partial"
-
-
-def load_proposal(path: str, dtype: str = "bfloat16"):
-    """(config, params) from an HF directory or a ram_jax workdir, in `dtype`."""
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return convert.load_hf(path, param_dtype=dtype)
-    config = checkpoint_model_config(path).replace(param_dtype="float32", dtype=dtype)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = abstract_params(config)
-    params = ckpt.load_params(path, abstract, jax.tree.map(lambda _: device, abstract))
-    cast = lambda x: x.astype(dtype)
-    return config.replace(param_dtype=dtype), jax.tree.map(cast, params)
 
 
 def _done_rows(partial: str, batch_size: int) -> int:
@@ -77,8 +69,9 @@ def sample_file(
     max_new_tokens: int = 256,
     batch_size: int = 16,
     seed: int = 0,
-    stops: tuple[str, ...] = ("\n\nHuman",),
-    prompt_template: str = "{prompt}",
+    stops: tuple[str, ...] = REFERENCE_STOPS,
+    prompt_template: str = "raw",
+    add_bos: bool = False,
     max_prompt_length: int = 1024,
     fmt: str = "auto",
 ) -> int:
@@ -86,16 +79,15 @@ def sample_file(
     if os.path.exists(output_path):
         print(f"{output_path} exists; nothing to do (delete it to resample).")
         return 0
-    parsed = list(records(input_path))
-    rows = [parse_row(obj, where, fmt) for where, obj in parsed]
-    if not rows:
-        raise ValueError(f"{input_path}: the file holds no rows.")
-    if "{prompt}" not in prompt_template:
-        raise ValueError(f"--prompt_template={prompt_template!r} must contain '{{prompt}}'.")
-    texts = [prompt_template.replace("{prompt}", r.prompt) for r in rows]
-    prompts = [
-        e.ids[-max_prompt_length:] for e in tokenizer.encode_batch(texts, add_special_tokens=False)
-    ]
+    rows = read_rows(input_path, fmt)
+    bos = bos_token_id(tokenizer, p_config) if add_bos else None
+    prompts = templates.encode_prompts(
+        tokenizer,
+        [r.prompt for r in rows],
+        prompt_template,
+        bos_id=bos,
+        max_length=max_prompt_length,
+    )
     vocab = tokenizer_length(tokenizer)
     eos = eos_token_ids(tokenizer, p_config)
     partial = output_path + PARTIAL
@@ -123,7 +115,7 @@ def sample_file(
             lines = []
             for i in range(len(batch)):
                 got = samples[i * num_samples : (i + 1) * num_samples]
-                obj = dict(parsed[first + i][1])
+                obj = dict(rows[first + i].source)
                 obj["sampling"] = got[0] if num_samples == 1 else got
                 lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
             out.write("".join(lines))
@@ -153,19 +145,24 @@ _K = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (K).", flag_valu
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Longest sample.", flag_values=FLAGS)
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts per decode batch.", flag_values=FLAGS)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=FLAGS)
-_T = flags.DEFINE_float(
-    "temperature", 0.5, "Proposal temperature (reference 0.5).", flag_values=FLAGS
-)
-_TOP_P = flags.DEFINE_float("top_p", 0.95, "Nucleus mass (reference 0.95).", flag_values=FLAGS)
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k (0: off).", flag_values=FLAGS)
+_NEG = REFERENCE_NEGATIVES  # the defaults below: the reference's settings
+_T = flags.DEFINE_float("temperature", _NEG.temperature, "Proposal temperature.", flag_values=FLAGS)
+_TOP_P = flags.DEFINE_float("top_p", _NEG.top_p, "Nucleus mass.", flag_values=FLAGS)
+_TOP_K = flags.DEFINE_integer("top_k", _NEG.top_k, "Top-k (0: off).", flag_values=FLAGS)
 _REP = flags.DEFINE_float(
-    "repetition_penalty", 1.05, "HF repetition penalty (reference 1.05).", flag_values=FLAGS
+    "repetition_penalty", _NEG.repetition_penalty, "HF repetition penalty.", flag_values=FLAGS
 )
 _STOPS = flags.DEFINE_multi_string(
-    "stop", ["\n\nHuman"], "Stop strings (cut from samples).", flag_values=FLAGS
+    "stop", list(REFERENCE_STOPS), "Stop strings (cut from samples).", flag_values=FLAGS
 )
 _TEMPLATE = flags.DEFINE_string(
-    "prompt_template", "{prompt}", "As data.prompt_template.", flag_values=FLAGS
+    "prompt_template",
+    "raw",
+    "As data.prompt_template (a name or a {prompt} string).",
+    flag_values=FLAGS,
+)
+_ADD_BOS = flags.DEFINE_bool(
+    "add_bos", False, "Start prompts with BOS, as data.add_bos.", flag_values=FLAGS
 )
 _MAX_PROMPT = flags.DEFINE_integer(
     "max_prompt_length", 1024, "Prompts keep their last N tokens.", flag_values=FLAGS
@@ -181,14 +178,12 @@ _DTYPE = flags.DEFINE_enum(
 def main(argv):
     del argv
     tok = load_tokenizer(_TOKENIZER.value or _PROPOSAL.value)
-    p_config, p_params = load_proposal(_PROPOSAL.value, _DTYPE.value)
-    sampling = SamplingConfig(
-        mode="proposal",
+    p_config, p_params = load_model(_PROPOSAL.value, _DTYPE.value, "--proposal")
+    sampling = REFERENCE_NEGATIVES.replace(
         temperature=_T.value,
         top_p=_TOP_P.value,
         top_k=_TOP_K.value,
         repetition_penalty=_REP.value,
-        filter_order="top_p_first",
     )
     sample_file(
         _INPUT.value,
@@ -203,6 +198,7 @@ def main(argv):
         seed=_SEED.value,
         stops=tuple(_STOPS.value),
         prompt_template=_TEMPLATE.value,
+        add_bos=_ADD_BOS.value,
         max_prompt_length=_MAX_PROMPT.value,
         fmt=_FORMAT.value,
     )

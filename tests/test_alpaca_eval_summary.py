@@ -81,7 +81,7 @@ def test_cli_and_bad_files(tmp_path):
     rows = json.loads(res.stdout)
     assert [(r["model"], r["n"], r["win_rate"]) for r in rows] == [("a", 2, 50.0), ("b", 1, 100.0)]
     f.write_text(json.dumps([{"output_1": "x", "preference": 2}]))
-    with pytest.raises(ValueError, match=r"record 0 lacks \['output_2'\]"):
+    with pytest.raises(ValueError, match=r"json:1: record lacks \['output_2'\]"):
         S.load_annotations(str(f))
     with pytest.raises(ValueError, match="outside"):
         S.soft_labels([_rec(3.0, 1, 1)])

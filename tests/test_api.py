@@ -1,5 +1,9 @@
-"""The curated public API: every exported name resolves; submodules stay reachable."""
+"""The curated public API and the package layout: exports resolve, boundaries hold."""
 
+import ast
+import importlib
+import importlib.util
+import pkgutil
 import subprocess
 import sys
 import types
@@ -12,18 +16,77 @@ def test_every_exported_name_resolves():
     assert not missing, missing
 
 
-def test_exports_do_not_shadow_submodules():
-    # `from ram_jax import decode` must give the module the CLIs import, not a function.
-    for name in ("decode", "sampling", "transformer", "losses", "train", "convert", "tokenizer"):
-        module = __import__(f"ram_jax.{name}", fromlist=["_"])
-        assert isinstance(getattr(ram_jax, name), types.ModuleType), name
-        assert getattr(ram_jax, name) is module
+def test_subpackages_hold_their_modules():
+    layout = {
+        "models": ("config", "transformer", "cache", "rope", "convert", "tokenizer"),
+        "decoding": ("sampling", "modes", "decoder", "stream", "batching"),
+        "training": ("losses", "step", "loop", "model", "optim", "checkpoint", "metrics"),
+        "data": ("rows", "templates", "tokenize", "pipeline"),
+        "planning": ("memory", "report"),
+    }
+    for package, modules in layout.items():
+        for name in modules:
+            module = importlib.import_module(f"ram_jax.{package}.{name}")
+            assert isinstance(module, types.ModuleType), (package, name)
+    # The commands stay at the top: `python -m ram_jax.X`.
+    for command in ("main", "generate", "sample_proposal", "plan"):
+        assert importlib.util.find_spec(f"ram_jax.{command}") is not None, command
+
+
+def _fresh_modules(statement: str) -> list[str]:
+    code = f"import sys; {statement}; print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return eval(out.stdout)  # a printed list of module names
 
 
 def test_top_level_import_stays_light():
-    code = (
-        "import sys, ram_jax; heavy = [m for m in ('torch', 'transformers', "
-        "'tensorflow_datasets', 'orbax.checkpoint') if m in sys.modules]; print(heavy)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    loaded = _fresh_modules("import ram_jax")
+    heavy = ("torch", "transformers", "tensorflow_datasets", "orbax", "flax", "jax")
+    assert not [m for m in loaded if m.split(".")[0] in heavy], loaded
+
+
+def test_losses_and_data_import_no_model_code():
+    loaded = _fresh_modules("import ram_jax.training.losses, ram_jax.data")
+    assert "ram_jax.models.transformer" not in loaded
+    assert not [m for m in loaded if m.split(".")[0] in ("flax", "orbax", "torch")], loaded
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the ram_jax modules it imports anywhere in its source (lazy imports too)."""
+    modules = {m.name: m for m in pkgutil.walk_packages(ram_jax.__path__, "ram_jax.")}
+    graph = {}
+    for name in modules:
+        path = importlib.util.find_spec(name).origin
+        tree = ast.parse(open(path).read())
+        edges = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                # `from pkg import submodule` needs the submodule; `from pkg import name`, pkg.
+                targets = [t if t in modules else node.module for t in subs]
+            else:
+                continue
+            # A module's own parent packages are initialised before it, always.
+            edges |= {t for t in targets if t in modules and not name.startswith(t + ".")}
+        graph[name] = edges
+    return graph
+
+
+def test_no_import_cycles_between_modules():
+    graph = _import_graph()
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path + [nxt]))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])

@@ -5,12 +5,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ram_jax import checkpoint as ckpt
-from ram_jax import optim, train
 from ram_jax import sharding as shd
-from ram_jax.config import get_preset
-from ram_jax.model_init import checkpoint_model_config
-from ram_jax.transformer import abstract_params
+from ram_jax.models.config import get_preset
+from ram_jax.models.transformer import abstract_params
+from ram_jax.training import checkpoint as ckpt
+from ram_jax.training import optim
+from ram_jax.training import step as train
+from ram_jax.training.checkpoint import checkpoint_model_config
 
 CONFIG = get_preset("tiny-llama", num_layers=1)  # has llama3 rope scaling: round-trips meta
 

@@ -13,10 +13,10 @@ import torch
 import transformers
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ram_jax.config import get_preset
-from ram_jax.convert import load_hf, save_hf
-from ram_jax.tokenizer import slice_vocab
-from ram_jax.transformer import forward, init_params
+from ram_jax.models.config import get_preset
+from ram_jax.models.convert import load_hf, save_hf
+from ram_jax.models.tokenizer import slice_vocab
+from ram_jax.models.transformer import forward, init_params
 from tests import hf_fixtures as hf
 
 PARITY_ATOL = 1e-4

@@ -8,8 +8,8 @@ import pytest
 
 from ram_jax import data
 from ram_jax.data.pipeline import bucket_length
-from ram_jax.losses import Objective
-from ram_jax.tokenizer import load_tokenizer
+from ram_jax.models.tokenizer import load_tokenizer
+from ram_jax.training.losses import Objective
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 TRAIN = os.path.join(FIXTURES, "smoke_train.jsonl")
@@ -62,13 +62,7 @@ def test_json_array_files(tmp_path):
         ('{"prompt": "a", "chosen": 3}\n', (), r"bad\.jsonl:1: field 'chosen' must be a string"),
         ('{"prompt": "a", "chosen": "b", "sampling": [1]}\n', (), r":1: 'sampling' must be"),
         ("[1, 2]\n", (), r"must be a JSON object"),
-        ('{"chosen": "no turns", "rejected": "x"}\n', (), r":1: HH conversation has no"),
-        (
-            '{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", '
-            '"rejected": "\\n\\nHuman: z\\n\\nAssistant: b"}\n',
-            (),
-            r":1: HH 'chosen' and 'rejected' .* share the prompt",
-        ),
+        ('{"chosen": "no turns", "rejected": "x"}\n', (), r":1 \(chosen\): HH conversation has no"),
         ("\n\n", (), r"holds no rows; the dataset is empty"),
     ],
 )
@@ -76,6 +70,23 @@ def test_bad_rows_name_file_and_line(tmp_path, text, need, message):
     path = _write(tmp_path, "bad.jsonl", text)
     with pytest.raises(data.DataError, match=message):
         data.read_rows(path, need=need)
+
+
+def test_hh_pairs_with_different_prompts_are_dropped_and_counted(tmp_path, caplog):
+    good = {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}
+    bad = {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: z\n\nAssistant: b"}
+    path = _write(tmp_path, "hh.jsonl", "".join(json.dumps(r) + "\n" for r in (bad, good, bad)))
+    with caplog.at_level("WARNING"):
+        rows = data.read_rows(path)
+    assert [(r.chosen, r.rejected, r.where.endswith(":2")) for r in rows] == [(" b", " c", True)]
+    assert "dropped 2 HH pair(s)" in caplog.text and "hh.jsonl:1: HH 'chosen'" in caplog.text
+    # The dataset builder reads HH files through the same rule.
+    from ram_jax.datasets import hh_rlhf
+
+    stats = {}
+    assert len(list(hh_rlhf.read_pairs(path, stats))) == 1 and stats["mismatched_prompts"] == 2
+    with pytest.raises(data.DataError, match="the dataset is empty"):
+        data.read_rows(_write(tmp_path, "only_bad.jsonl", json.dumps(bad) + "\n"))
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -120,6 +131,33 @@ def test_prompt_template_and_negatives(tok):
     assert mc.group_size == 3
     with pytest.raises(data.DataError, match="needs 3 proposal sample"):
         data.tokenize_rows([row], tok, Objective("ram_mc", num_samples=3), **kw)
+
+
+def test_prompts_encode_alike_everywhere_with_bos_kept_first(tok):
+    from ram_jax.data import templates
+
+    text = "one two three four five six seven"
+    ids = tok.encode(templates.apply("human_assistant", text), add_special_tokens=False).ids
+    assert templates.encode_prompts(tok, [text], "human_assistant") == [ids]
+    # Left truncation keeps the end; the BOS stays first.
+    assert templates.encode_prompts(tok, [text], "human_assistant", bos_id=7, max_length=5) == [
+        [7] + ids[-4:]
+    ]
+    # Training uses the same encoding (names and {prompt} strings alike).
+    row = data.Row(prompt=text, chosen="a")
+    ex = data.tokenize_rows(
+        [row],
+        tok,
+        Objective("sft"),
+        eos_id=0,
+        max_length=12,
+        max_prompt_length=5,
+        prompt_template="\n\nHuman: {prompt}\n\nAssistant: ",
+        bos_id=7,
+    )
+    assert list(ex.sequences[0][0][:5]) == [7] + ids[-4:] and ex.prompt_lengths[0] == 5
+    with pytest.raises(ValueError, match="neither a name"):
+        templates.resolve("Q: {x}")
 
 
 @pytest.fixture(scope="module")

@@ -225,7 +225,7 @@ def test_prepare_cli_writes_alpaca_eval_reference_file(tmp_path):
 
 
 def test_training_rows_read_a_built_tfds_source(hh_built, monkeypatch):
-    from ram_jax.data import rows as rows_lib
+    from ram_jax.data import sources as rows_lib
 
     monkeypatch.setenv("TFDS_DATA_DIR", hh_built["helpful-base"].data_dir.split("/ram_hh_rlhf")[0])
     rows = rows_lib.read_rows("tfds:hh_rlhf/helpful-base:train")

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from ram_jax import batching, decode, decode_loop, sharding, stream
-from ram_jax.config import get_preset
-from ram_jax.convert import load_hf
-from ram_jax.sampling import SamplingConfig, kl_divergence
-from ram_jax.transformer import abstract_params, forward
+from ram_jax import sharding
+from ram_jax.decoding import batching, stream
+from ram_jax.decoding import decoder as decode
+from ram_jax.decoding import until_done as decode_loop
+from ram_jax.decoding.sampling import SamplingConfig, kl_divergence
+from ram_jax.models.config import get_preset
+from ram_jax.models.convert import load_hf
+from ram_jax.models.transformer import abstract_params, forward
 from tests import hf_fixtures
 from tests.hf_fixtures import random_params
 

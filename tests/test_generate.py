@@ -10,11 +10,16 @@ import sys
 import jax
 import pytest
 
-from ram_jax import batching, convert, decode, generate
-from ram_jax import sampling as S
-from ram_jax import tokenizer as T
-from ram_jax.config import get_preset
-from ram_jax.transformer import abstract_params
+from ram_jax import generate
+from ram_jax.data import templates
+from ram_jax.decoding import batching
+from ram_jax.decoding import decoder as decode
+from ram_jax.decoding import sampling as S
+from ram_jax.models import convert
+from ram_jax.models import tokenizer as T
+from ram_jax.models.config import get_preset
+from ram_jax.models.transformer import abstract_params
+from ram_jax.training.model import load_model
 from tests.hf_fixtures import random_params
 
 FIXTURE_TOKENIZER = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizer.json")
@@ -85,7 +90,7 @@ def test_cli_end_to_end_equals_library_decode(dirs):
     tok = T.load_tokenizer(FIXTURE_TOKENIZER)
     p_config, p_params = convert.load_hf(str(dirs / "proposal"))
     q_config, q_params = convert.load_hf(str(dirs / "run" / "export"))
-    prompts = batching.encode_prompts(tok, INSTRUCTIONS, "human_assistant")
+    prompts = templates.encode_prompts(tok, INSTRUCTIONS, "human_assistant")
     sampling = S.SamplingConfig(
         mode="par_kl",
         temperature=0.8,
@@ -151,10 +156,17 @@ def test_read_prompts_formats_and_errors(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"instruction": "x"}, {"prompt": "y"}]))
     assert generate.read_prompts(str(tmp_path / "a.json")) == ["x", "y"]
     (tmp_path / "b.jsonl").write_text('{"prompt": "x"}\n{"text": "y"}\n')
-    with pytest.raises(ValueError, match="record 1 has no string field"):
+    with pytest.raises(ValueError, match=r"b\.jsonl:2: record has no string field"):
         generate.read_prompts(str(tmp_path / "b.jsonl"))
     (tmp_path / "c.jsonl").write_text('{"prompt": "x"}\n{oops\n')
-    with pytest.raises(ValueError, match="c.jsonl:2: not JSON"):
+    with pytest.raises(ValueError, match=r"c\.jsonl:2: invalid JSON"):
         generate.read_prompts(str(tmp_path / "c.jsonl"))
-    with pytest.raises(FileNotFoundError, match="neither it nor"):
-        generate.model_dir(str(tmp_path), "aligner")
+    # A pretty-printed document: the error is reported on its own line, not line 1.
+    (tmp_path / "d.jsonl").write_text('{\n  "prompt": "x",\n  "n": 1,\n  oops\n}\n')
+    with pytest.raises(ValueError, match=r"d\.jsonl:4:3: invalid JSON"):
+        generate.read_prompts(str(tmp_path / "d.jsonl"))
+    (tmp_path / "e.jsonl").write_bytes(b'{"prompt": "x"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"e\.jsonl:2: not UTF-8 text"):
+        generate.read_prompts(str(tmp_path / "e.jsonl"))
+    with pytest.raises(FileNotFoundError, match="neither an HF model directory"):
+        load_model(str(tmp_path), "float32", "--aligner")

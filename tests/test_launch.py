@@ -148,9 +148,9 @@ def test_every_training_command_carries_the_paper_settings(dry_runs):
                 assert obj == "sft"
             template = f["config.data.prompt_template"]
             if row.task.startswith("hh") or stage.startswith("corrector"):
-                assert template == "{prompt}"
+                assert template in ("raw", "{prompt}")
             else:
-                assert template == "\n\nHuman: {prompt}\n\nAssistant: "
+                assert template == "human_assistant"
 
 
 def test_every_generation_uses_the_paper_decode_settings(dry_runs):

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ram_jax import losses, train
-from ram_jax.config import get_preset
-from ram_jax.transformer import init_params
+from ram_jax.models.config import get_preset
+from ram_jax.models.transformer import init_params
+from ram_jax.training import losses
+from ram_jax.training import step as train
 
 
 def test_sequence_logprobs_by_hand():

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from experiments.configs import smoke
-from ram_jax import checkpoint as ckpt
-from ram_jax import train_loop
-from ram_jax.convert import load_hf
 from ram_jax.data import DataError
-from ram_jax.model_init import checkpoint_model_config
-from ram_jax.transformer import abstract_params
+from ram_jax.models.convert import load_hf
+from ram_jax.models.transformer import abstract_params
+from ram_jax.training import checkpoint as ckpt
+from ram_jax.training import loop as train_loop
+from ram_jax.training.checkpoint import checkpoint_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {

@@ -10,9 +10,10 @@ import pytest
 
 from experiments.configs import base
 from experiments.paper import rows as R
-from ram_jax import losses, optim, train
 from ram_jax import sharding as shd
-from ram_jax.config import PRESETS, get_preset
+from ram_jax.models.config import PRESETS, get_preset
+from ram_jax.training import losses, optim
+from ram_jax.training import step as train
 
 PAPER_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "paper"

@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-from ram_jax import optim, plan
-from ram_jax.config import get_preset
+from ram_jax.models.config import get_preset
+from ram_jax.planning import memory as plan
+from ram_jax.training import optim
+from ram_jax.training.losses import Objective
 
 FSDP8 = plan.abstract_mesh(fsdp=8)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +58,7 @@ def test_activation_formula_by_hand():
         cfg,
         _rmsprop(),
         plan.abstract_mesh(data=2, fsdp=4),
-        objective="ram_sft",
+        objective=Objective("ram_sft"),
         batch_size=64,
         grad_accum=4,
         max_length=t,
@@ -70,7 +72,7 @@ def test_activation_formula_by_hand():
         cfg,
         _rmsprop(),
         FSDP8,
-        objective="dpo",
+        objective=Objective("dpo"),
         batch_size=64,
         grad_accum=1,
         max_length=t,
@@ -82,7 +84,7 @@ def test_activation_formula_by_hand():
             cfg,
             _rmsprop(),
             FSDP8,
-            objective="sft",
+            objective=Objective("sft"),
             batch_size=64,
             grad_accum=3,
             max_length=t,

@@ -7,12 +7,13 @@ import jax
 import pytest
 
 from ram_jax import sample_proposal
-from ram_jax.config import get_preset
-from ram_jax.convert import save_hf
 from ram_jax.data import read_rows
-from ram_jax.sampling import SamplingConfig
-from ram_jax.tokenizer import load_tokenizer
-from ram_jax.transformer import init_params
+from ram_jax.decoding.sampling import SamplingConfig
+from ram_jax.models.config import get_preset
+from ram_jax.models.convert import save_hf
+from ram_jax.models.tokenizer import load_tokenizer
+from ram_jax.models.transformer import init_params
+from ram_jax.training.model import load_model
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 SAMPLING = SamplingConfig(mode="proposal", temperature=1.0, repetition_penalty=1.05)
@@ -23,7 +24,7 @@ def proposal(tmp_path_factory):
     config = get_preset("tiny-llama", vocab_size=384, num_layers=1)
     path = str(tmp_path_factory.mktemp("proposal"))
     save_hf(jax.jit(init_params, static_argnums=0)(config, jax.random.key(3)), config, path)
-    return sample_proposal.load_proposal(path, "float32")
+    return load_model(path, "float32")
 
 
 @pytest.fixture(scope="module")

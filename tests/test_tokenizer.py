@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from ram_jax.config import get_preset
-from ram_jax.tokenizer import (
+from ram_jax.models.config import get_preset
+from ram_jax.models.tokenizer import (
     EOS_TOKEN,
     PAD_TOKEN,
+    bos_token_id,
     build_tokenizer,
     check_same_tokenizer,
     check_vocab_fits,
@@ -99,6 +100,18 @@ def test_eos_token_ids(tok):
     no_eos = build_tokenizer(TEXTS, vocab_size=300, special_tokens=(PAD_TOKEN,))
     with pytest.raises(ValueError, match="no end-of-sequence token"):
         eos_token_ids(no_eos)
+
+
+def test_bos_token_id(tok):
+    with_bos = build_tokenizer(
+        TEXTS, vocab_size=300, special_tokens=(EOS_TOKEN, "<|begin_of_text|>")
+    )
+    assert bos_token_id(with_bos) == 1
+    assert bos_token_id(with_bos, get_preset("tiny-llama").replace(bos_token_id=0)) == 0
+    with pytest.raises(ValueError, match="turn add_bos off"):
+        bos_token_id(tok)  # Qwen-style: no BOS at all
+    with pytest.raises(ValueError, match="bos_token_id 128000 is not a token id"):
+        bos_token_id(tok, get_preset("llama-3.2-1b"))
 
 
 def test_slice_vocab():

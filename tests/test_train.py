@@ -9,12 +9,15 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ram_jax import data, optim, train
+from ram_jax import data
 from ram_jax import sharding as shd
-from ram_jax.config import get_preset
-from ram_jax.losses import Objective, model_sequence_logprobs
-from ram_jax.tokenizer import load_tokenizer
-from ram_jax.transformer import abstract_params
+from ram_jax.models.config import get_preset
+from ram_jax.models.tokenizer import load_tokenizer
+from ram_jax.models.transformer import abstract_params
+from ram_jax.training import optim
+from ram_jax.training import step as train
+from ram_jax.training.losses import Objective
+from ram_jax.training.step import model_sequence_logprobs
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 CONFIG = get_preset("tiny-llama", vocab_size=384, num_layers=1)

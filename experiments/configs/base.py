@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 'preset': random init of `preset`; 'hf': load the HF safetensors directory
     # `path`; 'checkpoint': params of a ram_jax run (its workdir or one step dir).
     c.model.init = "preset"
-    c.model.preset = "llama-3.2-1b"  # a name in ram_jax.config.PRESETS (any init).
+    c.model.preset = "llama-3.2-1b"  # a name in ram_jax.models.config.PRESETS (any init).
     c.model.path = ""  # HF directory (init='hf') or ram_jax workdir/step dir ('checkpoint').
     # Preset field overrides for random init (None keeps the preset's value);
     # vocab_size must cover the tokenizer (rows beyond it are never used).
@@ -98,6 +98,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 'rejected' (the reference's choice for Anthropic-HH).
     c.objective.negatives = "sampling"
     c.objective.num_samples = 1  # ram_mc: K proposal samples per prompt (rows need >= K).
+    # sft only: divide by response tokens instead of examples (a standard SFT
+    # trainer's mean); RAM objectives are sequence-level sums.
+    c.objective.token_mean = False
 
     # --- Data (ram_jax.data). Rows: JSON/JSONL objects with 'prompt', 'chosen',
     # and 'rejected' / 'sampling' (a string or a list of K strings) as the
@@ -114,7 +117,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.max_prompt_length = 1024  # prompts are left-truncated (their end is kept).
     c.data.bucket_min = 64  # pad each batch to the next power of two >= this (<= max_length).
     c.data.shuffle = True  # seed-determined permutation, a new one each epoch.
-    c.data.add_bos = False  # the reference adds no BOS; decoding must agree.
+    # Start every prompt with the tokenizer's BOS. The reference adds none;
+    # sample_proposal and generate take --add_bos, which must agree with this.
+    c.data.add_bos = False
 
     # --- Optimisation.
     c.batch_size = 64  # global sequences per optimizer step (all hosts, all microbatches).

@@ -14,7 +14,7 @@ from experiments.configs import base
 
 # One tokenizer for every model of the experiment (built by experiments.demo).
 VOCAB_SIZE = 512
-TEMPLATE = "\n\nHuman: {prompt}\n\nAssistant: "
+TEMPLATE = "human_assistant"  # a name in ram_jax.data.templates
 
 
 def get_config(arg=None):

@@ -1,12 +1,13 @@
 """How the experiment calls ram_jax's entry points, in this process where it can.
 
-Training is `ram_jax.train_loop.run(config, workdir)`, the function behind
+Training is `ram_jax.training.loop.run(config, workdir)`, the function behind
 `python -m ram_jax.main`, on the config that `--config=FILE:arg
 --config.a.b=v` would load; decoding is `ram_jax.generate.run` on parsed
 flags, as `python -m ram_jax.generate` does. On 2 CPU cores a fresh
 interpreter per stage (imports plus compilation) would cost more than most
-stages. Proposal sampling runs once per run, so it stays the plain
-subprocess `python -m ram_jax.sample_proposal`.
+stages. Proposal sampling is `ram_jax.sample_proposal.sample_file`, the
+function behind `python -m ram_jax.sample_proposal`, with that command's
+default (the reference's) sampling settings.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import importlib
 import json
 import math
 import os
-import subprocess
-import sys
+
+from experiments.configs import demo_proposal
 
 CONFIGS = "experiments.configs"
 
@@ -37,7 +38,7 @@ def load_config(name: str, arg: str | None, overrides: dict):
 
 def train(name: str, arg: str | None, workdir: str, overrides: dict) -> dict:
     """One `python -m ram_jax.main --config=...:arg --workdir=...` run, in process."""
-    from ram_jax import train_loop
+    from ram_jax.training import loop as train_loop
 
     config = load_config(name, arg, overrides)
     summary = train_loop.run(config, workdir)
@@ -84,7 +85,7 @@ def generate(
         output=output,
         mode=mode,
         seed=seed,
-        template="human_assistant",
+        template=demo_proposal.TEMPLATE,
         batch_size=BATCH_SIZE,
         num_candidates=NUM_CANDIDATES,
         max_new_tokens=MAX_NEW_TOKENS,
@@ -120,23 +121,27 @@ def _run_generate(**flags_kw) -> Decoded:
 
 
 def sample_proposal(proposal: str, data: str, output: str, k: int, seed: int) -> None:
-    """`python -m ram_jax.sample_proposal`: K proposal samples per aligned prompt.
-
-    A subprocess: its absl flags share names with `ram_jax.generate`'s, so the
-    two cannot be defined in one interpreter.
-    """
-    from experiments.configs import demo_proposal
+    """`python -m ram_jax.sample_proposal`: K proposal samples per aligned prompt."""
+    from ram_jax import sample_proposal as sp
+    from ram_jax.decoding.sampling import REFERENCE_NEGATIVES
+    from ram_jax.models.tokenizer import load_tokenizer
+    from ram_jax.training.model import load_model
 
     c = demo_proposal.get_config()
     if os.path.exists(output):
         os.remove(output)  # sample_proposal keeps an existing file; this run resamples
-    cmd = [
-        sys.executable, "-m", "ram_jax.sample_proposal",
-        f"--input={data}", f"--output={output}", f"--proposal={proposal}",
-        f"--num_samples={k}", f"--max_new_tokens={MAX_NEW_TOKENS}", "--batch_size=32",
-        f"--seed={seed}", f"--prompt_template={c.data.prompt_template}",
-        f"--max_prompt_length={c.data.max_prompt_length}", "--dtype=float32",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+    p_config, p_params = load_model(proposal, "float32", "proposal")
+    sp.sample_file(
+        data,
+        output,
+        p_params=p_params,
+        p_config=p_config,
+        tokenizer=load_tokenizer(proposal),
+        sampling=REFERENCE_NEGATIVES,
+        num_samples=k,
+        max_new_tokens=MAX_NEW_TOKENS,
+        batch_size=32,
+        seed=seed,
+        prompt_template=c.data.prompt_template,
+        max_prompt_length=c.data.max_prompt_length,
+    )

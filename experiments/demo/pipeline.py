@@ -1,7 +1,7 @@
 """The experiment's stages, each through a real ram_jax entry point.
 
   world      generate the world, write its JSONL files, build the BPE tokenizer
-             (`ram_jax.tokenizer.build_tokenizer`)
+             (`ram_jax.models.tokenizer.build_tokenizer`)
   proposal   pre-train the proposal on the base corpus (`ram_jax.main`'s run)
   samples    K proposal samples per aligned prompt (`ram_jax.sample_proposal`)
   per seed:  train `aligner` (sft), `proposal_sft`, the RAM aligners (ram_sft,
@@ -32,7 +32,8 @@ from experiments.demo.entry_points import (
     sample_proposal,
     train,
 )
-from experiments.demo.report import write_atomic
+from ram_jax.data import templates
+from ram_jax.io import read_objects, write_atomic, write_jsonl
 
 RAM_OBJECTIVES = ("ram_sft", "ram_dpo", "ram_mc")
 CORRECTOR_DRAFT = "{question}\n\nDraft: {draft}"
@@ -96,13 +97,8 @@ class Progress:
         )
 
 
-def write_jsonl(path: str, rows) -> None:
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
 def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [obj for _, obj in read_objects(path)]
 
 
 # ----------------------------------------------------------------------------- world
@@ -111,7 +107,7 @@ def read_jsonl(path: str) -> list[dict]:
 def build_world(plan: Plan) -> dict:
     """Writes the world's files under OUT/world; returns their paths."""
     from experiments.configs.demo_proposal import TEMPLATE, VOCAB_SIZE
-    from ram_jax.tokenizer import build_tokenizer
+    from ram_jax.models.tokenizer import build_tokenizer
 
     w = world_lib.make_world(plan.world_seed, plan.world_spec)
     d = os.path.join(plan.out, "world")
@@ -150,7 +146,7 @@ def build_world(plan: Plan) -> dict:
     )
     # Prompts and answers are tokenized separately in training, so the BPE
     # learns them as separate texts (answers start without a leading space).
-    texts = [TEMPLATE.replace("{prompt}", e.question) for e in w.base] + [
+    texts = [templates.apply(TEMPLATE, e.question) for e in w.base] + [
         e.answer for e in w.base + w.aligned
     ]
     tok = build_tokenizer(texts, VOCAB_SIZE)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
+
+from ram_jax.io import write_atomic
 
 METRICS = (
     "style_compliance",
@@ -20,30 +22,6 @@ METRICS = (
 )
 # Table order: the baselines first, then the RAM variants in the order run.
 BASELINES = ("proposal", "aligner", "proposal_sft", "corrector")
-
-
-def _umask_mode() -> int:
-    """0o666 less the process umask: what `open()` would have created."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_atomic(path: str, data: bytes | str) -> None:
-    """Writes `data` to `path` through a temporary file and `os.replace`."""
-    mode = "wb" if isinstance(data, bytes) else "w"
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
@@ -156,12 +134,9 @@ def plot(means: dict, stds: dict, out_dir: str) -> list[str]:
 
 
 def _save(fig, path: str) -> str:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.chmod(tmp, _umask_mode())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    write_atomic(path, buffer.getvalue())
     return path
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import random
 
-TEMPLATE = "\n\nHuman: {x}\n\nAssistant: "
 STYLES = ("polite", "neutral", "rude")
 TARGET_STYLE = "polite"
 

@@ -1,4 +1,4 @@
-r"""Checks `ram_jax.plan`'s training estimate against a real accelerator's peak memory.
+r"""Checks `ram_jax.planning.memory`'s training estimate against a real accelerator's peak memory.
 
   python experiments/paper/check_plan_gpu.py [--cases=1b-remat,1b,3b-remat] [--length=2048]
 
@@ -32,9 +32,11 @@ def run_case(name: str, length: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from ram_jax import losses, optim, plan, train
     from ram_jax import sharding as shd
-    from ram_jax.config import get_preset
+    from ram_jax.models.config import get_preset
+    from ram_jax.planning import memory as plan
+    from ram_jax.training import losses, optim
+    from ram_jax.training import step as train
 
     preset, remat = CASES[name]
     cfg = get_preset(preset, dtype="bfloat16")
@@ -78,7 +80,7 @@ def run_case(name: str, length: int) -> dict:
         cfg,
         opt,
         plan.abstract_mesh(),
-        objective="ram_sft",
+        objective=losses.Objective("ram_sft"),
         batch_size=accum * rows,
         grad_accum=accum,
         max_length=length,

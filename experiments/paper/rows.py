@@ -24,8 +24,8 @@ from __future__ import annotations
 import dataclasses
 
 from experiments.configs import base
+from ram_jax.decoding.sampling import PAPER_TEMPERATURES
 
-HUMAN_ASSISTANT = "\n\nHuman: {prompt}\n\nAssistant: "
 WUP_STEPS = 10000 // 64 + 1  # 157 steps of 64 = 10,048 rows
 
 # Model families: HF directory names under $CKPT and base-model presets.
@@ -35,20 +35,15 @@ SMALL = {
     "qwen14b": ("3b", "Qwen2.5-3B", "qwen2.5-3b"),
 }
 
-# Decode settings the paper selected: (aligner T, proposal T_P) per family and task.
-DECODE_T = {
-    ("llama8b", "uc"): (0.7, 0.5),
-    ("llama8b", "tldr"): (0.3, 0.5),
-    ("llama8b", "hh-helpful"): (0.5, 0.7),
-    ("llama8b", "hh-harmless"): (0.3, 0.7),
-    ("qwen14b", "uc"): (0.3, 0.7),
-    ("qwen14b", "tldr"): (0.3, 0.5),
-    ("qwen14b", "hh-helpful"): (0.7, 0.5),
-    ("qwen14b", "hh-harmless"): (0.3, 0.5),
+# Row keys -> the keys of `ram_jax.decoding.sampling.PAPER_TEMPERATURES`, which holds
+# the decode temperatures the paper selected (the other settings: `REFERENCE`).
+SAMPLING_FAMILY = {"llama8b": "llama", "qwen14b": "qwen"}
+SAMPLING_TASK = {
+    "uc": "ultrachat",
+    "tldr": "tldr",
+    "hh-helpful": "hh_helpful",
+    "hh-harmless": "hh_harmless",
 }
-TOP_P, PROPOSAL_TOP_P, REPETITION_PENALTY, KL_THRESHOLD = 0.9, 0.95, 1.05, 0.1
-# Negatives y~ ~ P(.|x), sampled once offline (RAM.md section 2).
-NEGATIVE_SAMPLING = dict(temperature=0.5, top_p=0.95, repetition_penalty=1.05, stop="\n\nHuman")
 
 TASKS = ("uc", "tldr", "hh-helpful", "hh-harmless")
 
@@ -87,7 +82,7 @@ class Row:
 
     @property
     def template(self) -> str:
-        return "{prompt}" if self.data == "hh" else HUMAN_ASSISTANT
+        return "raw" if self.data == "hh" else "human_assistant"
 
     @property
     def lengths(self) -> tuple[int, int]:
@@ -95,7 +90,8 @@ class Row:
 
     @property
     def decode_t(self) -> tuple[float, float]:
-        return DECODE_T[(self.family, self.task)]
+        """(aligner T, proposal T_P) the paper selected for this family and task."""
+        return PAPER_TEMPERATURES[(SAMPLING_FAMILY[self.family], SAMPLING_TASK[self.task])]
 
     def stages(self) -> list[str]:
         """Training stages of this row, in order (see `stage_config`)."""

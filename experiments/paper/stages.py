@@ -13,6 +13,7 @@ import dataclasses
 import os
 
 from experiments.paper import rows as R
+from ram_jax.decoding import sampling as S
 
 PY = "python"
 SETTINGS = (
@@ -113,10 +114,6 @@ class Planner:
         max_length, max_prompt = self.lengths
         return max_length - max_prompt - 1
 
-    @property
-    def gen_template(self) -> str:
-        return "raw" if self.row.data == "hh" else "human_assistant"
-
     # --- steps
     def data_steps(self) -> list[Step]:
         r, d = self.row, self.data
@@ -195,7 +192,7 @@ class Planner:
         )
 
     def negatives_step(self, proposal: str) -> Step:
-        s = R.NEGATIVE_SAMPLING
+        s = S.REFERENCE_NEGATIVES
         argv = [
             PY,
             "-m",
@@ -206,12 +203,12 @@ class Planner:
             f"--output={self.samples}",
             f"--prompt_template={self.row.template}",
             f"--max_prompt_length={self.lengths[1]}",
-            f"--temperature={s['temperature']}",
-            f"--top_p={s['top_p']}",
-            f"--repetition_penalty={s['repetition_penalty']}",
+            f"--temperature={s.temperature}",
+            f"--top_p={s.top_p}",
+            f"--repetition_penalty={s.repetition_penalty}",
             "--num_samples=1",
             f"--max_new_tokens={self.max_new_tokens}",
-            f"--stop={s['stop']}",
+            f"--stop={S.REFERENCE_STOPS[0]}",
             f"--batch_size={16 if self.runlocal else 64}",
             f"--dtype={self.dtype}",
         ]
@@ -227,7 +224,7 @@ class Planner:
         argv += [
             f"--tokenizer={self.tokenizer}",
             f"--prompts={prompts or self.eval_json}",
-            f"--template={template or self.gen_template}",
+            f"--template={template or self.row.template}",
             f"--output={output}",
         ]
         if aligner:
@@ -235,18 +232,22 @@ class Planner:
                 "--mode=par_kl",
                 f"--temperature={t}",
                 f"--proposal_temperature={t_p}",
-                f"--top_p={R.TOP_P}",
-                f"--proposal_top_p={R.PROPOSAL_TOP_P}",
-                f"--kl_threshold={R.KL_THRESHOLD}",
+                f"--top_p={S.REFERENCE.top_p}",
+                f"--proposal_top_p={S.REFERENCE.proposal_top_p}",
+                f"--kl_threshold={S.REFERENCE.kl_threshold}",
             ]
         else:
-            argv += ["--mode=proposal", f"--temperature={temperature}", f"--top_p={R.TOP_P}"]
+            argv += [
+                "--mode=proposal",
+                f"--temperature={temperature}",
+                f"--top_p={S.REFERENCE.top_p}",
+            ]
         argv += [
-            f"--repetition_penalty={R.REPETITION_PENALTY}",
+            f"--repetition_penalty={S.REFERENCE.repetition_penalty}",
             f"--max_new_tokens={self.max_new_tokens}",
             f"--batch_size={16 if self.runlocal else 32}",
             "--seed=0",
-            "--stop=\n\nHuman",
+            f"--stop={S.REFERENCE_STOPS[0]}",
             f"--dtype={self.dtype}",
             f"--generator={self.row.name}",
         ]

@@ -1,7 +1,8 @@
 """Training data: rows from JSON/JSONL (or HH), tokenized groups, deterministic batches."""
 
 from ram_jax.data.pipeline import Batches, DataIterator, eval_batches
-from ram_jax.data.rows import DataError, Row, read_rows
+from ram_jax.data.rows import DataError, Row
+from ram_jax.data.sources import read_rows
 from ram_jax.data.tokenize import Examples, required_fields, tokenize_rows
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Reading and validating training rows from JSON / JSONL files.
+"""Training rows: their two layouts (rows, Anthropic HH) and their validation.
 
 Two layouts are accepted:
 
@@ -10,14 +10,20 @@ Two layouts are accepted:
         "\\n\\nAssistant:" of `chosen`, which `rejected` must share; the
         responses are the remainders.
 
-Every problem is reported with the file and line (JSONL) or item (JSON array).
+Every problem is reported with the file and line (`ram_jax.io` reads the files).
+An HH pair whose two conversations differ before the last assistant turn is
+no preference between two responses: it is dropped, counted and reported
+(`split_hh_pair`; the tfds builder applies the same rule).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
+from typing import Any
+
+from absl import logging
+
+from ram_jax.io import DataError
 
 HH_ASSISTANT = "\n\nAssistant:"
 
@@ -31,74 +37,11 @@ class Row:
     rejected: str | None = None
     sampling: tuple[str, ...] = ()
     where: str = ""  # 'file:line', for error messages downstream
+    source: Any = dataclasses.field(default=None, compare=False, repr=False)  # the JSON object
 
 
-TFDS_PREFIX = "tfds:"
-
-
-class DataError(ValueError):
-    """A data file is missing, empty or malformed (the message says where)."""
-
-
-def tfds_records(spec: str, data_dir: str | None = None):
-    """Yields (location, row) from a built dataset named `tfds:NAME[/CONFIG]:SPLIT`.
-
-    The rows come from the array_record files written by
-    `python -m ram_jax.datasets.prepare` (or `ram_jax.datasets.build`), read
-    through tfds' random-access data source; `data_dir` defaults to
-    $TFDS_DATA_DIR or tfds' own default.
-    """
-    from ram_jax import datasets  # Imports tfds: only when a tfds source is asked for.
-
-    body = spec[len(TFDS_PREFIX) :]
-    name, _, split = body.partition(":")
-    name, _, config = name.partition("/")
-    if not name or not split:
-        raise DataError(f"{spec}: write a dataset source as 'tfds:NAME[/CONFIG]:SPLIT'.")
-    builder = datasets.get_builder(
-        name, config or None, data_dir=data_dir or os.environ.get("TFDS_DATA_DIR")
-    )
-    if not builder.is_prepared():
-        raise DataError(
-            f"{spec}: dataset not built in {builder.data_dir}; run `python -m "
-            f"ram_jax.datasets.prepare --dataset={name}"
-            f"{' --config=' + config if config else ''} --manual_dir=DIR` first."
-        )
-    if split not in builder.info.splits:
-        raise DataError(f"{spec}: no split {split!r}; choose from {sorted(builder.info.splits)}.")
-    source = builder.as_data_source(split=split)
-    for i in range(len(source)):
-        yield f"{spec}: example {i}", datasets.decode_example(source[i])
-
-
-def records(path: str):
-    """Yields (location, parsed object) for a .jsonl or .json file or a tfds source."""
-    if path.startswith(TFDS_PREFIX):
-        yield from tfds_records(path)
-        return
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: data file not found; check data.train_file / data.eval_file.")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    stripped = text.lstrip()
-    if path.endswith(".json") or stripped.startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}).") from None
-        if not isinstance(items, list):
-            raise DataError(f"{path}: a .json data file must hold a list of row objects.")
-        for i, item in enumerate(items):
-            yield f"{path}: item {i}", item
-        return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}).") from None
-        yield f"{path}:{lineno}", obj
+class MismatchedPair(DataError):
+    """An HH pair whose conversations differ before the last response."""
 
 
 def _text(obj: dict, key: str, where: str, required: bool) -> str | None:
@@ -124,6 +67,25 @@ def split_hh(conversation: str, where: str) -> tuple[str, str]:
     return conversation[:cut], conversation[cut:]
 
 
+def split_hh_pair(chosen: str, rejected: str | None, where: str) -> tuple[str, str, str | None]:
+    """(prompt, chosen response, rejected response) of an HH pair.
+
+    Raises `MismatchedPair` when the two conversations differ before their
+    last assistant turn (a known quirk of a few HH rows); callers drop and
+    count such pairs.
+    """
+    prompt, chosen_response = split_hh(chosen, f"{where} (chosen)")
+    if rejected is None:
+        return prompt, chosen_response, None
+    r_prompt, rejected_response = split_hh(rejected, f"{where} (rejected)")
+    if r_prompt != prompt:
+        raise MismatchedPair(
+            f"{where}: HH 'chosen' and 'rejected' conversations differ before the last "
+            "assistant turn; they must share the prompt."
+        )
+    return prompt, chosen_response, rejected_response
+
+
 def parse_row(obj, where: str, fmt: str = "auto", need: tuple[str, ...] = ()) -> Row:
     """Validates one parsed JSON object into a `Row`.
 
@@ -141,17 +103,9 @@ def parse_row(obj, where: str, fmt: str = "auto", need: tuple[str, ...] = ()) ->
     if fmt == "hh":
         chosen_conv = _text(obj, "chosen", where, True)
         rejected_conv = _text(obj, "rejected", where, "rejected" in need)
-        prompt, chosen = split_hh(chosen_conv, where)
-        rejected = None
-        if rejected_conv is not None:
-            r_prompt, rejected = split_hh(rejected_conv, where)
-            if r_prompt != prompt:
-                raise DataError(
-                    f"{where}: HH 'chosen' and 'rejected' conversations differ before the last "
-                    "assistant turn; they must share the prompt."
-                )
+        prompt, chosen, rejected = split_hh_pair(chosen_conv, rejected_conv, where)
         samples = _samples(obj, where, "sampling" in need)
-        return Row(prompt, chosen, rejected, samples, where)
+        return Row(prompt, chosen, rejected, samples, where, obj)
     if fmt != "rows":
         raise ValueError(f"data.format={fmt!r}: use 'auto', 'rows' or 'hh'.")
     return Row(
@@ -160,6 +114,7 @@ def parse_row(obj, where: str, fmt: str = "auto", need: tuple[str, ...] = ()) ->
         rejected=_text(obj, "rejected", where, "rejected" in need),
         sampling=_samples(obj, where, "sampling" in need),
         where=where,
+        source=obj,
     )
 
 
@@ -180,9 +135,26 @@ def _samples(obj: dict, where: str, required: bool) -> tuple[str, ...]:
     return tuple(value)
 
 
-def read_rows(path: str, fmt: str = "auto", need: tuple[str, ...] = ()) -> list[Row]:
-    """All rows of a .json / .jsonl file, validated; raises `DataError` naming file:line."""
-    rows = [parse_row(obj, where, fmt, need) for where, obj in records(path)]
+def rows_from(records, source: str, fmt: str = "auto", need: tuple[str, ...] = ()) -> list[Row]:
+    """Validated rows of `(where, object)` records; raises `DataError` naming file:line.
+
+    HH pairs whose conversations differ before the last turn are dropped
+    with a warning that counts them and names the first.
+    """
+    rows, dropped = [], []
+    for where, obj in records:
+        try:
+            rows.append(parse_row(obj, where, fmt, need))
+        except MismatchedPair as e:
+            dropped.append(str(e))
+    if dropped:
+        logging.warning(
+            "%s: dropped %d HH pair(s) whose conversations differ before the last response "
+            "(first: %s)",
+            source,
+            len(dropped),
+            dropped[0],
+        )
     if not rows:
-        raise DataError(f"{path}: the file holds no rows; the dataset is empty.")
+        raise DataError(f"{source}: the file holds no rows; the dataset is empty.")
     return rows

@@ -1,7 +1,7 @@
 """Turning validated rows into token sequences, grouped per example.
 
 Each example becomes G sequences `prompt + response + EOS` sharing one prompt
-(group layout: `ram_jax.losses`). Prompts are templated, tokenized without
+(group layout: `ram_jax.training.losses`). Prompts are templated, tokenized without
 special tokens and left-truncated to `max_prompt_length` (their end, next to
 the response, is kept); responses get the EOS appended and are cut so the
 whole sequence fits `max_length` (RAM.md section 2).
@@ -14,8 +14,9 @@ import dataclasses
 import numpy as np
 from tokenizers import Tokenizer
 
+from ram_jax.data import templates
 from ram_jax.data.rows import DataError, Row
-from ram_jax.losses import Objective
+from ram_jax.training.losses import Objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,17 +88,14 @@ def tokenize_rows(
             f"need 0 < max_prompt_length ({max_prompt_length}) < max_length ({max_length}) so "
             "every response keeps at least one token."
         )
-    if "{prompt}" not in prompt_template:
-        raise ValueError(f"data.prompt_template={prompt_template!r} must contain '{{prompt}}'.")
     groups = [responses_for(r, objective, negatives) for r in rows]
-    prompts = [prompt_template.replace("{prompt}", r.prompt) for r in rows]
-    prompt_ids = tok.encode_batch(prompts, add_special_tokens=False)
+    prompt_ids = templates.encode_prompts(
+        tok, [r.prompt for r in rows], prompt_template, bos_id=bos_id, max_length=max_prompt_length
+    )
     flat = [resp for g in groups for resp in g]
     response_ids = tok.encode_batch(flat, add_special_tokens=False)
     sequences, lengths, j = [], [], 0
-    for p in prompt_ids:
-        ids = ([bos_id] if bos_id is not None else []) + p.ids
-        ids = ids[-max_prompt_length:]
+    for ids in prompt_ids:
         group = []
         for _ in range(objective.group_size):
             resp = response_ids[j].ids + [eos_id]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ram_jax.datasets import builder, manual
+from ram_jax.io import read_records
 
 INSTRUCTIONS = """
 Download alpaca_eval_gpt4_baseline.json from https://huggingface.co/datasets/tatsu-lab/alpaca_eval
@@ -25,8 +26,8 @@ into MANUAL_DIR.
 
 def read_alpaca(path: str) -> Iterator[tuple[dict, dict]]:
     """(training-schema row, original record) for each AlpacaEval record of `path`."""
-    for i, raw in manual.read_json_records(path):
-        manual.require(raw, ("instruction", "output"), path, i)
+    for where, raw in read_records(path):
+        manual.require(raw, ("instruction", "output"), where)
         yield manual.make_row(raw["instruction"], raw["output"]), raw
 
 

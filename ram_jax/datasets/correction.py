@@ -11,12 +11,14 @@ prompts first, then the Aligner rewrites each answer.
 
 from __future__ import annotations
 
+from ram_jax.data import templates
+
 CORRECTION_SUFFIX = "\n\nCorrection: "
 
 
 def correction_prompt(prompt: str, answer: str, template: str = "{prompt}") -> str:
     """The Aligner's input for one templated prompt and one proposal answer."""
-    return template.format(prompt=prompt) + answer + CORRECTION_SUFFIX
+    return templates.apply(template, prompt) + answer + CORRECTION_SUFFIX
 
 
 def correction_rows(

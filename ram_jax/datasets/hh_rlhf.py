@@ -30,10 +30,11 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 from absl import logging
 
+from ram_jax.data.rows import MismatchedPair, split_hh_pair
 from ram_jax.datasets import builder, manual
+from ram_jax.io import read_records
 
 SUBSETS = ("helpful-base", "harmless-base", "helpful-online", "helpful-rejection-sampled")
-ASSISTANT = "\n\nAssistant:"
 INSTRUCTIONS = """
 Download the Anthropic HH-RLHF files from https://github.com/anthropics/hh-rlhf
 (or https://huggingface.co/datasets/Anthropic/hh-rlhf) and keep their layout:
@@ -42,22 +43,13 @@ subsets helpful-base, harmless-base, helpful-online, helpful-rejection-sampled.
 """
 
 
-def split_conversation(text: str, where: str) -> tuple[str, str]:
-    """(prompt up to and including the last '\\n\\nAssistant:', the final response)."""
-    i = text.rfind(ASSISTANT)
-    if i < 0:
-        raise ValueError(f"{where}: conversation has no {ASSISTANT!r} turn: {text[:80]!r}...")
-    cut = i + len(ASSISTANT)
-    return text[:cut], text[cut:]
-
-
 def read_pairs(path: str, stats: dict | None = None) -> Iterator[dict]:
     """Training rows from one HH-RLHF `.jsonl.gz` (or `.jsonl`) file."""
-    for lineno, raw in manual.read_json_records(path):
-        manual.require(raw, ("chosen", "rejected"), path, lineno)
-        prompt, chosen = split_conversation(raw["chosen"], f"{path}:{lineno} (chosen)")
-        r_prompt, rejected = split_conversation(raw["rejected"], f"{path}:{lineno} (rejected)")
-        if r_prompt != prompt:
+    for where, raw in read_records(path):
+        manual.require(raw, ("chosen", "rejected"), where)
+        try:
+            prompt, chosen, rejected = split_hh_pair(raw["chosen"], raw["rejected"], where)
+        except MismatchedPair:
             if stats is not None:
                 stats["mismatched_prompts"] = stats.get("mismatched_prompts", 0) + 1
             continue

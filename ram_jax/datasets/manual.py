@@ -4,7 +4,7 @@ Every builder reads files the user downloaded into a *manual directory* (we
 never download anything) and turns them into rows of the one schema the
 training pipeline (`ram_jax.data`) reads without translation:
 
-  prompt    the raw prompt x (templates such as "\\n\\nHuman: {x}\\n\\nAssistant: "
+  prompt    the raw prompt x (templates such as "\\n\\nHuman: {prompt}\\n\\nAssistant: "
             are applied by the training config's `data.prompt_template` and by
             `generate --template`, so both sides agree); for Anthropic-HH the
             whole conversation up to and including the last "\\n\\nAssistant:".
@@ -24,12 +24,12 @@ draws them reproducibly (fixed seed, numpy's PCG64, sorted indices).
 from __future__ import annotations
 
 import glob
-import gzip
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+
+from ram_jax.io import DataError, read_records
 
 ROW_FIELDS = ("prompt", "chosen", "rejected", "sampling")
 TEST_SUBSET_SIZE = 300
@@ -53,51 +53,13 @@ def find_file(manual_dir: str, candidates: Sequence[str], what: str, instruction
     )
 
 
-def read_json_records(path: str) -> Iterator[tuple[int, dict]]:
-    """(line or item number, object) from .jsonl, .jsonl.gz, .json (a list) or .parquet.
-
-    Errors name the file and the line number.
-    """
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq  # only needed for the parquet layouts
-
-        table = pq.read_table(path)
-        for i, row in enumerate(table.to_pylist()):
-            yield i + 1, row
-        return
-    if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e}).") from e
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of objects, got {type(data).__name__}.")
-        for i, row in enumerate(data):
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: item {i}: expected an object, got {row!r:.80}.")
-            yield i, row
-        return
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e}).") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {row!r:.80}.")
-            yield lineno, row
-
-
-def require(row: dict, fields: Iterable[str], path: str, lineno: int) -> None:
+def require(row, fields: Iterable[str], where: str) -> None:
+    """Raises `DataError` at `where` unless `row` is an object with string `fields`."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}.")
     missing = [k for k in fields if not isinstance(row.get(k), str)]
     if missing:
-        raise ValueError(
-            f"{path}:{lineno}: row lacks string field(s) {missing}; it has {sorted(row)}."
-        )
+        raise DataError(f"{where}: row lacks string field(s) {missing}; it has {sorted(row)}.")
 
 
 def make_row(prompt: str, chosen: str, rejected: str = "", sampling=()) -> dict:
@@ -109,8 +71,8 @@ def make_row(prompt: str, chosen: str, rejected: str = "", sampling=()) -> dict:
 
 def read_ready_jsonl(path: str) -> Iterator[dict]:
     """Rows of a ready JSONL in the training schema (`prompt`, `chosen` required)."""
-    for lineno, row in read_json_records(path):
-        require(row, ("prompt", "chosen"), path, lineno)
+    for where, row in read_records(path):
+        require(row, ("prompt", "chosen"), where)
         yield make_row(
             row["prompt"], row["chosen"], row.get("rejected") or "", row.get("sampling") or ()
         )
@@ -141,25 +103,3 @@ def export_row(row: dict) -> dict:
     if row.get("sampling"):
         out["sampling"] = list(row["sampling"])
     return out
-
-
-def write_jsonl(path: str, rows: Iterable[dict]) -> int:
-    """Writes rows as JSONL atomically (temp file + os.replace); returns the count."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
-
-
-def write_json(path: str, obj) -> None:
-    """Writes one JSON document atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)

@@ -29,7 +29,7 @@ import time
 
 from absl import app, flags, logging
 
-from ram_jax import cli, datasets
+from ram_jax import cli, datasets, io
 from ram_jax.datasets import correction, manual
 
 FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
@@ -91,8 +91,8 @@ _OUTPUT = flags.DEFINE_string(
 )
 
 
-def _read_any(path: str) -> list[dict]:
-    return [row for _, row in manual.read_json_records(path)]
+def _objects(path: str) -> list[dict]:
+    return [obj for _, obj in io.read_objects(path)]
 
 
 def build_rows(dataset, config, manual_dir, split, *, data_dir=None, tokenizer=None):
@@ -158,7 +158,7 @@ def main(argv):
         if not rows:
             raise ValueError(f"{_DATASET.value}/{_CONFIG.value} split {_SPLIT.value}: no rows.")
         if _FORMAT.value == "jsonl":
-            n = manual.write_jsonl(out, rows)
+            n = io.write_jsonl(out, rows)
         else:
             name = (
                 f"{_DATASET.value}/{_CONFIG.value}/{_SPLIT.value}"
@@ -166,30 +166,30 @@ def main(argv):
                 else (f"{_DATASET.value}/{_SPLIT.value}")
             )
             recs = alpaca_records(rows, _REFERENCE.value, name)
-            manual.write_json(out, recs)
+            io.write_json(out, recs)
             n = len(recs)
     elif _MODE.value == "correction":
         if not _INPUT.value:
             raise app.UsageError("--input is required in mode correction.")
-        records = _read_any(_INPUT.value)
+        records = _objects(_INPUT.value)
         if records and "prompt" in records[0]:
             rows = list(
                 correction.correction_rows(records, template=_TEMPLATE.value, target=_TARGET.value)
             )
             if _LIMIT.value:
                 rows = rows[: _LIMIT.value]
-            n = manual.write_jsonl(out, rows)
+            n = io.write_jsonl(out, rows)
         else:
             recs = list(correction.correction_eval_prompts(records, template=_TEMPLATE.value))
-            manual.write_json(out, recs)
+            io.write_json(out, recs)
             n = len(recs)
     else:
         if not (_INPUT.value and _INSTRUCTIONS_FROM.value and _GENERATOR.value):
             raise app.UsageError("mode export needs --input, --instructions_from and --generator.")
         recs = export_outputs(
-            _read_any(_INPUT.value), _read_any(_INSTRUCTIONS_FROM.value), _GENERATOR.value
+            _objects(_INPUT.value), _objects(_INSTRUCTIONS_FROM.value), _GENERATOR.value
         )
-        manual.write_json(out, recs)
+        io.write_json(out, recs)
         n = len(recs)
     logging.info("wrote %d rows to %s in %.1fs", n, out, time.time() - t0)
     print(f"prepare {_MODE.value}: {n} rows -> {out} ({time.time() - t0:.1f}s)")

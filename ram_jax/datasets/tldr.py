@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import tensorflow_datasets as tfds
 
 from ram_jax.datasets import builder, manual
+from ram_jax.io import read_records
 
 INSTRUCTIONS = """
 Download the parquet files of CarperAI/openai_summarize_tldr (config sft) or
@@ -76,12 +77,12 @@ class RamTldr(builder.RowsBuilder):
             f"TL;DR {name} {split}",
             INSTRUCTIONS,
         )
-        for lineno, raw in manual.read_json_records(path):
+        for where, raw in read_records(path):
             if name == "sft":
-                manual.require(raw, ("prompt", "label"), path, lineno)
+                manual.require(raw, ("prompt", "label"), where)
                 yield manual.make_row(raw["prompt"], raw["label"])
             else:
-                manual.require(raw, ("prompt", "chosen", "rejected"), path, lineno)
+                manual.require(raw, ("prompt", "chosen", "rejected"), where)
                 yield manual.make_row(
                     raw["prompt"] + "\nTL;DR:",
                     clean_summary(raw["chosen"]),

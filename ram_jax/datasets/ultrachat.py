@@ -10,7 +10,7 @@ Manual files, either layout:
 Rows: the first user turn as `prompt`, the first assistant turn as `chosen`.
 Config `first_round` keeps every conversation. Config `first_round_120k`
 applies the reference's selection: shuffle (here with a fixed seed), keep a
-row when its templated prompt "\\n\\nHuman: {x}\\n\\nAssistant: " has at most
+row when its templated prompt "\\n\\nHuman: {prompt}\\n\\nAssistant: " has at most
 1024 tokens and its response at most 2048 - 1024 - 1 = 1023 tokens, stop at
 120,000 rows. Token counts need a tokenizer (the reference counted with Qwen2.5-14B's for
 both families; `reproduce.sh` uses each row's proposal tokenizer): pass
@@ -27,9 +27,10 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ram_jax.data import templates
 from ram_jax.datasets import builder, manual
+from ram_jax.io import read_records
 
-HUMAN_ASSISTANT = "\n\nHuman: {prompt}\n\nAssistant: "
 MAX_LENGTH, MAX_PROMPT_LENGTH, NUM_EXAMPLES, SHUFFLE_SEED = 2048, 1024, 120_000, 42
 INSTRUCTIONS = """
 Download UltraChat into MANUAL_DIR: either the parquet files of
@@ -69,7 +70,7 @@ def length_filter(
     kept = []
     for i in order:
         row = rows[int(i)]
-        prompt = HUMAN_ASSISTANT.format(prompt=row["prompt"])
+        prompt = templates.apply("human_assistant", row["prompt"])
         if count_tokens(prompt) <= max_prompt_length and count_tokens(row["chosen"]) <= max_new:
             kept.append(row)
             if len(kept) == num_examples:
@@ -112,8 +113,8 @@ class RamUltrachat(builder.RowsBuilder):
             )
         rows = []
         for path in paths:
-            for lineno, raw in manual.read_json_records(path):
-                prompt, chosen = first_round(raw, f"{path}:{lineno}")
+            for where, raw in read_records(path):
+                prompt, chosen = first_round(raw, where)
                 rows.append(manual.make_row(prompt, chosen))
         n = self.builder_config.num_examples
         if n is None:
@@ -124,7 +125,7 @@ class RamUltrachat(builder.RowsBuilder):
                 "ultrachat/first_round_120k filters by token counts: pass the proposal's "
                 "tokenizer (builder argument tokenizer=PATH, or prepare --tokenizer=PATH)."
             )
-        from ram_jax.tokenizer import load_tokenizer
+        from ram_jax.models.tokenizer import load_tokenizer
 
         tok = load_tokenizer(self._tokenizer_path)
 

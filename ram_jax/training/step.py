@@ -25,9 +25,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ram_jax import sharding as shd
-from ram_jax.config import ModelConfig
-from ram_jax.losses import Objective, model_sequence_logprobs, objective_sums
-from ram_jax.transformer import abstract_params, init_params
+from ram_jax.models.config import ModelConfig
+from ram_jax.models.transformer import abstract_params, forward, init_params
+from ram_jax.training.losses import Objective, objective_sums, sequence_logprobs
 
 BATCH_KEYS = ("tokens", "mask", "targets", "weight")
 
@@ -107,6 +107,21 @@ def put_batch(batch: dict, mesh: Mesh) -> dict[str, jax.Array]:
     """This process's numpy batch -> global arrays (no cross-host transfer)."""
     shardings = batch_shardings(mesh)
     return {k: jax.make_array_from_process_local_data(shardings[k], batch[k]) for k in BATCH_KEYS}
+
+
+def model_sequence_logprobs(
+    params,
+    config: ModelConfig,
+    tokens_BxT: jax.Array,
+    mask_BxT: jax.Array,
+    target_mask_BxT: jax.Array,
+    *,
+    vocab_limit: int | None = None,
+    remat: bool = False,
+) -> jax.Array:
+    """`log Q(y|x)` of right- or left-padded sequences under a model, float32 [B]."""
+    logits, _ = forward(params, tokens_BxT, config, mask_BxT=mask_BxT, remat=remat)
+    return sequence_logprobs(logits, tokens_BxT, target_mask_BxT & mask_BxT, vocab_limit)
 
 
 def _microbatch_sums(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ram_jax import sampling as S
+from ram_jax.decoding import sampling as S
 
 
 def _is_eos(tokens_B: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
@@ -91,7 +91,7 @@ def next_token(
         log_q = jax.nn.log_softmax(S.apply_temperature(q_BxV, cfg.temperature or 1.0), axis=-1)
         if greedy:
             return S.sample(keys_B, log_p + log_q, True), yes
-        out = S.Warper(1.0, cfg.top_p, cfg.top_k, cfg.filter_order, cfg.top_p_bound)
+        out = S.Warper(1.0, cfg.top_p, cfg.top_k, cfg.filter_order)
         return S.sample(keys_B, out(log_p + log_q), False), yes
     if mode == "par":
         tokens_B = S.sample(keys_B, _par_logits(p_BxV, q_BxV, cfg), greedy)

@@ -13,9 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ram_jax import sampling as S
-from ram_jax.config import ModelConfig
-from ram_jax.decode import (
+from ram_jax.decoding import sampling as S
+from ram_jax.decoding.decoder import (
     STATIC,
     DecodeOutput,
     advance,
@@ -25,6 +24,7 @@ from ram_jax.decode import (
     stack_outputs,
     step_keys,
 )
+from ram_jax.models.config import ModelConfig
 
 
 @functools.partial(jax.jit, static_argnames=STATIC)

@@ -7,9 +7,10 @@ any joint decoding.
 
 Vocabulary sizes: a model's `config.vocab_size` counts embedding rows, which
 may exceed the tokenizer (Qwen2.5-7B/14B: 152064 rows, 151665 token ids).
-Rows at or beyond `tokenizer_length(tok)` belong to no token; every consumer
-of logits drops them with `slice_vocab`, so they can never be sampled or
-enter a normaliser.
+Rows at or beyond `tokenizer_length(tok)` belong to no token: the decoder
+(`vocab_size`) and the losses (`vocab_limit`) cut logits to that length, so
+they can never be sampled or enter a normaliser; `slice_vocab` does the same
+for your own code.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from collections.abc import Iterable, Sequence
 import jax
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ram_jax.config import ModelConfig
+from ram_jax.models.config import ModelConfig
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 # End-of-text strings of the supported base-model families (Qwen2.5, Llama-3).
 _KNOWN_EOS = ("<|endoftext|>", "<|end_of_text|>")
+# Begin-of-text strings (Llama-3; SentencePiece-style models). Qwen2.5 has none.
+_KNOWN_BOS = ("<|begin_of_text|>", "<s>")
 
 
 def load_tokenizer(path: str) -> Tokenizer:
@@ -164,6 +167,31 @@ def check_vocab_fits(config: ModelConfig, tok: Tokenizer, name: str = "model") -
             f"{config.vocab_size} would index past the embedding. Use the tokenizer that "
             "belongs to this checkpoint, or a config with vocab_size >= the tokenizer length."
         )
+
+
+def bos_token_id(tok: Tokenizer, config: ModelConfig | None = None) -> int:
+    """The id prompts start with when a BOS is asked for (`data.add_bos`, `--add_bos`).
+
+    The config's `bos_token_id` (from `config.json`) if it is a token of this
+    tokenizer, else the tokenizer's own begin-of-text token. Raises ValueError
+    when there is none (Qwen2.5 models have no BOS).
+    """
+    length = tokenizer_length(tok)
+    if config is not None and config.bos_token_id is not None:
+        if not 0 <= config.bos_token_id < length:
+            raise ValueError(
+                f"config bos_token_id {config.bos_token_id} is not a token id of this tokenizer "
+                f"(length {length}); the config and tokenizer.json come from different models."
+            )
+        return int(config.bos_token_id)
+    for text in _KNOWN_BOS:
+        i = tok.token_to_id(text)
+        if i is not None:
+            return i
+    raise ValueError(
+        f"a BOS token was asked for, but the config lists none and the tokenizer has none of "
+        f"{list(_KNOWN_BOS)}; turn add_bos off (the reference adds no BOS)."
+    )
 
 
 def eos_token_ids(tok: Tokenizer, config: ModelConfig | None = None) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ token, the last tokens, the set of seen ids (repetition penalty) and
 per-row done flags; per-step keys travel as scan xs. The key of row b at step
 i is `fold_in(row_keys[b], i)`, so a row's tokens depend only on its own key
 and prompt, never on its batch neighbours, the batch size or chunking
-(`ram_jax.stream`). After a row emits an EOS id it emits `pad_id` and its
+(`ram_jax.decoding.stream`). After a row emits an EOS id it emits `pad_id` and its
 log-probs stay 0.
 
 `decode` is the jitted core on a padded batch; `generate` is the host entry
@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ram_jax import batching, modes
-from ram_jax import sampling as S
-from ram_jax.cache import KVCache, init_cache
-from ram_jax.config import ModelConfig
-from ram_jax.transformer import forward, has_unrolled_layers, unstack_layers
+from ram_jax.decoding import batching, modes
+from ram_jax.decoding import sampling as S
+from ram_jax.models.cache import KVCache, init_cache
+from ram_jax.models.config import ModelConfig
+from ram_jax.models.transformer import forward, has_unrolled_layers, unstack_layers
 
 STATIC = (
     "p_config",

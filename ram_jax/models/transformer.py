@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ram_jax.cache import KVCache, positions_from_mask
-from ram_jax.config import ModelConfig
-from ram_jax.rope import apply_rope, inverse_frequencies
+from ram_jax.models.cache import KVCache, positions_from_mask
+from ram_jax.models.config import ModelConfig
+from ram_jax.models.rope import apply_rope, inverse_frequencies
 
 Params = dict
 
@@ -294,7 +294,7 @@ def forward(
     a prompt prefill when the cache is empty, one decode step when T == 1.
 
     Args:
-      params: parameters from `init_params` or `ram_jax.convert.load_hf`, or
+      params: parameters from `init_params` or `ram_jax.models.convert.load_hf`, or
         `unstack_layers` of them (layers unrolled; the cache must then be
         per layer too).
       tokens_BxT: int token ids; padding positions hold any id.

@@ -15,8 +15,8 @@ embeddings there is no `lm_head` in params; a tied checkpoint's redundant
 `lm_head.weight` is ignored.
 
 Padded vocabularies (Qwen2.5) are kept as stored: all `vocab_size` embedding
-rows are loaded and saved; consumers slice logits to the tokenizer length with
-`ram_jax.tokenizer.slice_vocab`.
+rows are loaded and saved; the decoder and the losses cut logits to the
+tokenizer length (`ram_jax.models.tokenizer`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from absl import logging
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from ram_jax.config import ModelConfig, from_hf_config
-from ram_jax.transformer import Params, abstract_params
+from ram_jax.models.config import ModelConfig, from_hf_config
+from ram_jax.models.transformer import Params, abstract_params
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -1,4 +1,4 @@
-"""Host-side prompt batches for decoding: templates, bucketing, left padding, text out.
+"""Host-side prompt batches for decoding: checks, bucketing, left padding, texts out.
 
 Nothing here runs on the accelerator. Prompts are left padded (so every row's
 next token sits in the last column) to a power-of-two bucket length, so a
@@ -11,20 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ram_jax.config import ModelConfig
-
-TEMPLATES = {
-    "raw": "{x}",
-    # The reference's UltraChat / TL;DR template; the trailing space is part of it.
-    "human_assistant": "\n\nHuman: {x}\n\nAssistant: ",
-}
-
-
-def apply_template(text: str, template: str) -> str:
-    """Wraps an instruction in a named template (`raw` or `human_assistant`)."""
-    if template not in TEMPLATES:
-        raise ValueError(f"unknown template {template!r}; choose from {sorted(TEMPLATES)}.")
-    return TEMPLATES[template].replace("{x}", text)
+from ram_jax.models.config import ModelConfig
 
 
 def bucket_length(length: int, min_bucket: int = 16) -> int:
@@ -84,14 +71,6 @@ def left_pad(
             tokens[i, length - len(prompt) :] = prompt
             mask[i, length - len(prompt) :] = True
     return tokens, mask
-
-
-def encode_prompts(tokenizer, texts: Sequence[str], template: str = "raw") -> list[list[int]]:
-    """Token ids of each templated text (no special tokens added, like the reference)."""
-    encoded = tokenizer.encode_batch(
-        [apply_template(t, template) for t in texts], add_special_tokens=False
-    )
-    return [list(e.ids) for e in encoded]
 
 
 def response_ids(tokens_R: Sequence[int], length: int, eos_ids: Sequence[int]) -> list[int]:

@@ -9,7 +9,6 @@ accelerator except at logging, evaluation and checkpoint boundaries.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -20,26 +19,28 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from ram_jax import checkpoint as ckpt
 from ram_jax import data as data_lib
-from ram_jax import optim, train
+from ram_jax import io
 from ram_jax import sharding as shd
-from ram_jax.losses import Objective
-from ram_jax.metrics_writer import MetricsWriter
-from ram_jax.model_init import build_model, reference_model
-from ram_jax.tokenizer import eos_token_ids, load_tokenizer, tokenizer_length
+from ram_jax.models.tokenizer import (
+    bos_token_id,
+    eos_token_ids,
+    load_tokenizer,
+    tokenizer_length,
+)
+from ram_jax.training import checkpoint as ckpt
+from ram_jax.training import optim
+from ram_jax.training import step as train
+from ram_jax.training.losses import Objective
+from ram_jax.training.metrics import MetricsWriter
+from ram_jax.training.model import build_model, reference_model
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-def make_objective(config) -> Objective:
-    o = config.objective
-    return Objective(o.name, alpha=o.alpha, beta=o.beta, num_samples=o.num_samples)
-
-
-def load_examples(config, tok, objective, eos_id):
+def load_examples(config, tok, objective, eos_id, bos_id=None):
     """(train Examples, eval Examples or None) from the data section of a config."""
     d = config.data
     if not d.train_file:
@@ -63,7 +64,7 @@ def load_examples(config, tok, objective, eos_id):
         max_prompt_length=d.max_prompt_length,
         negatives=config.objective.negatives,
         prompt_template=d.prompt_template,
-        bos_id=None,
+        bos_id=bos_id,
     )
     return tokenize(rows), (tokenize(eval_rows) if eval_rows else None)
 
@@ -97,11 +98,12 @@ def run(config, workdir: str) -> dict:
         raise ValueError("config.tokenizer is empty; pass a tokenizer.json or HF model directory.")
     tok = load_tokenizer(config.tokenizer)
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    objective = make_objective(config)
+    objective = Objective.from_config(config.objective)
     model = build_model(config, tok, mesh)
     vocab_limit = tokenizer_length(tok)
     eos_id = eos_token_ids(tok, model.config)[0]
-    train_ex, eval_ex = load_examples(config, tok, objective, eos_id)
+    bos_id = bos_token_id(tok, model.config) if config.data.add_bos else None
+    train_ex, eval_ex = load_examples(config, tok, objective, eos_id, bos_id)
 
     d = config.data
     per_micro = config.batch_size // max(config.grad_accum, 1)
@@ -279,9 +281,7 @@ def run(config, workdir: str) -> dict:
         "export_dir": export_dir,
     }
     if is_main:
-        with open(os.path.join(workdir, "summary.json.tmp"), "w") as f:
-            json.dump(summary, f, indent=1)
-        os.replace(os.path.join(workdir, "summary.json.tmp"), os.path.join(workdir, "summary.json"))
+        io.write_json(os.path.join(workdir, "summary.json"), summary)
         print(
             f"done: {final_step} steps in {summary['seconds']:.1f}s, train loss "
             f"{summary['train_loss']}, eval loss {summary['eval_loss']}, export {export_dir or '-'}"

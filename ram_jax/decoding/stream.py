@@ -16,10 +16,10 @@ from collections.abc import Iterator, Sequence
 import jax
 import numpy as np
 
-from ram_jax import batching
-from ram_jax import decode as D
-from ram_jax import sampling as S
-from ram_jax.config import ModelConfig
+from ram_jax.decoding import batching
+from ram_jax.decoding import decoder as D
+from ram_jax.decoding import sampling as S
+from ram_jax.models.config import ModelConfig
 
 _MODEL = ("p_config", "q_config", "vocab_size")
 _EMIT = ("sampling", "eos_ids", "pad_id")

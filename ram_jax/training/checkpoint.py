@@ -14,14 +14,13 @@ on 1 (or any other mesh). Frozen models are never part of a checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import jax
 import orbax.checkpoint as ocp
 
-from ram_jax.config import ModelConfig
-from ram_jax.train import TrainState
+from ram_jax.models.config import ModelConfig
+from ram_jax.training.step import TrainState
 
 # Config fields that change the structure or meaning of a saved state.
 STRUCTURAL_FIELDS = (
@@ -31,12 +30,6 @@ STRUCTURAL_FIELDS = (
     ("seed",),
     ("batch_size",),
 )
-
-
-def model_config_dict(config: ModelConfig) -> dict:
-    d = dataclasses.asdict(config)
-    d["eos_token_ids"] = list(d["eos_token_ids"])
-    return d
 
 
 def make_meta(model_config: ModelConfig, train_config, **extra) -> dict:
@@ -51,7 +44,7 @@ def make_meta(model_config: ModelConfig, train_config, **extra) -> dict:
         for p in path:
             value = value[p]
         fields[".".join(path)] = value
-    return {"model": model_config_dict(model_config), "train": fields}
+    return {"model": model_config.to_dict(), "train": fields}
 
 
 def check_compatible(saved: dict, current: dict, where: str) -> None:
@@ -169,6 +162,15 @@ def source_step_dir(path: str) -> str:
             f"{path}: not a ram_jax workdir or checkpoint step directory (no state/ inside)."
         )
     return step_dir
+
+
+def checkpoint_model_config(path: str) -> ModelConfig:
+    """The model config saved with a ram_jax run (workdir or step directory)."""
+    step_dir = source_step_dir(path)
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        os.path.join(step_dir, "meta"), args=ocp.args.JsonRestore()
+    )
+    return ModelConfig.from_dict(meta["model"])
 
 
 def load_params(path: str, abstract_params, shardings):

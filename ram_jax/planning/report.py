@@ -1,58 +1,57 @@
-"""Reports of the memory planner: a training config's plan, the README table, the CLI.
+"""Reports of the memory planner: a training config's plan, the README table.
 
-`python -m ram_jax.plan` runs `run()` here; the estimates themselves (and
-their formulas) live in `ram_jax.plan`.
+`python -m ram_jax.plan` prints them; the estimates themselves (and their
+formulas) live in `ram_jax.planning.memory`.
 """
 
 from __future__ import annotations
 
 import os
 
-from absl import app, flags
 from jax.sharding import AbstractMesh
-from ml_collections import config_flags
 
-from ram_jax import sharding as shd
-from ram_jax.config import ModelConfig, get_preset
-from ram_jax.plan import (
+from ram_jax.models.config import ModelConfig, get_preset
+from ram_jax.planning.memory import (
     DEVICES,
     Device,
     abstract_mesh,
     decode_memory,
     gib,
-    parse_mesh,
     suggest_grad_accum,
     train_memory,
 )
+from ram_jax.training.losses import Objective
+from ram_jax.training.model import model_config_for
 
 
 def stage_model_config(config) -> ModelConfig:
-    """The trained model's ModelConfig from a training config (HF config.json if present)."""
-    from ram_jax.config import from_hf_config
+    """The trained model's ModelConfig from a training config.
 
+    Reads the model's own config (HF `config.json`, checkpoint metadata) when
+    its path exists here; otherwise, as when planning before downloading,
+    the config's `model.preset` stands in for it.
+    """
     m = config.model
-    dtypes = dict(param_dtype="float32", dtype=m.dtype)
-    if m.init == "hf" and m.path and os.path.exists(os.path.join(m.path, "config.json")):
-        return from_hf_config(m.path, **dtypes)
-    overrides = {k: v for k, v in m.overrides.items() if v is not None}
-    return get_preset(m.preset, **overrides, **dtypes)
+    if m.init == "preset" or not (m.path and os.path.exists(m.path)):
+        m = m.copy_and_resolve_references()
+        m.init = "preset"
+    return model_config_for(m, m.dtype)
 
 
 def plan_training(config, device: Device, mesh: AbstractMesh) -> dict[str, int]:
     """`train_memory` for a training config (the objective, batch and lengths it sets)."""
-    from ram_jax import optim
+    from ram_jax.training import optim
 
     optimizer, _ = optim.from_config(config, total_steps=1000)
     return train_memory(
         stage_model_config(config),
         optimizer,
         mesh,
-        objective=config.objective.name,
+        objective=Objective.from_config(config.objective),
         batch_size=config.batch_size,
         grad_accum=config.grad_accum,
         max_length=config.data.max_length,
         remat=config.model.remat,
-        num_samples=config.objective.num_samples,
     )
 
 
@@ -69,7 +68,7 @@ def _fit_cell(cfg: ModelConfig, optimizer, mesh, device, objective, remat_option
             cfg,
             optimizer,
             mesh,
-            objective=objective,
+            objective=Objective(objective),
             batch_size=64,
             grad_accum=grad_accum,
             max_length=2048,
@@ -85,7 +84,7 @@ def _fit_cell(cfg: ModelConfig, optimizer, mesh, device, objective, remat_option
 
 def markdown_table(decode_batch: int = 32, decode_length: int = 2048) -> str:
     """GiB per device for the paper's stages on each device (batch 64, length 2048, bf16)."""
-    from ram_jax import optim
+    from ram_jax.training import optim
 
     optimizer = optim.make_optimizer("rmsprop", 1e-6, clip_norm=10.0)
     names = list(DEVICES)
@@ -128,61 +127,10 @@ def markdown_table(decode_batch: int = 32, decode_length: int = 2048) -> str:
     return "\n".join(lines)
 
 
-def _report(title: str, memory: dict[str, int], device: Device) -> str:
+def report(title: str, memory: dict[str, int], device: Device) -> str:
     rows = [f"{title} on {device.name} ({gib(device.hbm_bytes)} GiB per chip)"]
     for k, v in memory.items():
         rows.append(f"  {k:<18} {gib(v):>8} GiB")
     verdict = "fits" if memory["total"] <= 0.9 * device.hbm_bytes else "does NOT fit"
     rows.append(f"  -> {verdict} (budget 90% of HBM = {gib(int(0.9 * device.hbm_bytes))} GiB)")
     return "\n".join(rows)
-
-
-def main(argv):
-    del argv
-    f = flags.FLAGS
-    device = DEVICES[f.device]
-    if f.table:
-        print(markdown_table(f.batch, f.length))
-        return
-    if f.decode:
-        big, _, small = f.decode.partition("+")
-        mesh = parse_mesh(f.mesh or "fsdp=-1", device.chips)
-        m = decode_memory(
-            get_preset(big),
-            get_preset(small) if small else None,
-            mesh,
-            batch=f.batch,
-            length=f.length,
-            dtype=f.decode_dtype,
-        )
-        print(_report(f"decode {f.decode} batch {f.batch} x {f.length}", m, device))
-        return
-    config = f.config
-    if config is None:
-        raise ValueError("pass --config=FILE, --decode=BIG+SMALL or --table.")
-    mesh_text = f.mesh or ",".join(f"{a}={config.mesh[a]}" for a in shd.MESH_AXES)
-    mesh = parse_mesh(mesh_text, device.chips)
-    m = plan_training(config, device, mesh)
-    print(
-        _report(
-            f"train {config.model.preset} ({config.objective.name}, batch {config.batch_size}, "
-            f"accum {config.grad_accum}, length {config.data.max_length}, remat "
-            f"{config.model.remat}, mesh {dict(mesh.shape)})",
-            m,
-            device,
-        )
-    )
-
-
-def run() -> None:
-    """`python -m ram_jax.plan`: defines the flags and runs `main`."""
-
-    config_flags.DEFINE_config_file("config", None, "Training config file.")
-    flags.DEFINE_enum("device", "v5e-8", sorted(DEVICES), "Accelerator slice.")
-    flags.DEFINE_string("mesh", None, "data=..,fsdp=..,tensor=.. (-1: the rest; default: config).")
-    flags.DEFINE_string("decode", None, "Plan decoding of PROPOSAL+ALIGNER presets instead.")
-    flags.DEFINE_integer("batch", 32, "Decoding batch.")
-    flags.DEFINE_integer("length", 2048, "Decoding cache slots (prompt + new tokens).")
-    flags.DEFINE_string("decode_dtype", "bfloat16", "Weights and cache dtype for decoding.")
-    flags.DEFINE_bool("table", False, "Print the README table for the paper's pairs.")
-    app.run(main)

@@ -19,7 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ram_jax.config import ModelConfig
+from ram_jax.models.config import ModelConfig
 
 
 @jax.tree_util.register_dataclass

@@ -6,16 +6,11 @@ removed token has exactly zero probability under `softmax` and can never win
 the Gumbel-max draw of `jax.random.categorical`. No rule ever removes every
 token of a row.
 
-Top-p uses no full-vocabulary sort. By default (`top_p_bound=0`) the exact
-threshold comes from a bisection over the bit patterns of the float32
-probabilities: 32 masked sums over the vocabulary, whatever the distribution.
-With `top_p_bound=k > 0`, `lax.top_k` first ranks the k largest logits and the
-nucleus is the shortest prefix of them whose mass reaches `top_p`; only when
-some row's nucleus is wider does the batch fall back to the bisection. Both
-are exact; the bound only trades speed (on CPU the bisection alone is faster
-from a few rows on, since one wide row sends the whole batch to the fallback;
-`lax.top_k` with k = 64 costs about as much as the bisection). Ties are
-deterministic and order free: every token whose logit equals the smallest
+Top-p uses no full-vocabulary sort: the exact threshold comes from a
+bisection over the bit patterns of the float32 probabilities, 32 masked sums
+over the vocabulary whatever the distribution (a `lax.top_k` pre-ranking was
+measured no faster on CPU once any row of a batch has a wide nucleus). Ties
+are deterministic and order free: every token whose logit equals the smallest
 kept logit is kept, for top-k as for top-p.
 """
 
@@ -55,7 +50,6 @@ class SamplingConfig:
       filter_order: "top_k_first" (HF generate) or "top_p_first" (the
         reference's FastChat processors: temperature, repetition penalty,
         top-p, top-k).
-      top_p_bound: k of top-p's `lax.top_k` fast path (0: bisection only).
     """
 
     mode: str = "proposal"
@@ -70,7 +64,6 @@ class SamplingConfig:
     num_candidates: int = 1
     eos_priority: bool = False
     filter_order: str = "top_k_first"
-    top_p_bound: int = 0
 
     def __post_init__(self):
         problems = []
@@ -84,7 +77,7 @@ class SamplingConfig:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 problems.append(f"{name}={value} must lie in (0, 1] (1 disables top-p)")
-        for name in ("top_k", "proposal_top_k", "top_p_bound"):
+        for name in ("top_k", "proposal_top_k"):
             if int(getattr(self, name)) < 0:
                 problems.append(f"{name}={getattr(self, name)} must be >= 0 (0 disables it)")
         if not self.repetition_penalty > 0:
@@ -110,7 +103,7 @@ class SamplingConfig:
         return self.mode != "proposal"
 
     def output_warper(self) -> Warper:
-        return Warper(self.temperature, self.top_p, self.top_k, self.filter_order, self.top_p_bound)
+        return Warper(self.temperature, self.top_p, self.top_k, self.filter_order)
 
     def proposal_warper(self) -> Warper:
         return Warper(
@@ -118,7 +111,6 @@ class SamplingConfig:
             self.proposal_top_p,
             self.proposal_top_k,
             self.filter_order,
-            self.top_p_bound,
         )
 
 
@@ -135,6 +127,18 @@ REFERENCE = SamplingConfig(
     kl_threshold=0.1,
     filter_order="top_p_first",
 )
+
+# How the reference samples the aligner's negatives y~ ~ P(.|x) offline (RAM.md
+# section 2): the proposal alone at T 0.5, top-p 0.95, repetition penalty 1.05,
+# FastChat's processor order; stop at "\n\nHuman" (`REFERENCE_STOPS`).
+REFERENCE_NEGATIVES = SamplingConfig(
+    mode="proposal",
+    temperature=0.5,
+    top_p=0.95,
+    repetition_penalty=1.05,
+    filter_order="top_p_first",
+)
+REFERENCE_STOPS = ("\n\nHuman",)
 
 # (aligner family, task) -> (aligner T, proposal T_P) selected in the paper.
 PAPER_TEMPERATURES: dict[tuple[str, str], tuple[float, float]] = {
@@ -172,13 +176,12 @@ class Warper:
     top_p: float = 1.0
     top_k: int = 0
     order: str = "top_k_first"
-    top_p_bound: int = 0
 
     def __call__(self, logits_xV: jax.Array) -> jax.Array:
         x = apply_temperature(logits_xV, self.temperature)
         if self.order == "top_k_first":
-            return top_p_filter(top_k_filter(x, self.top_k), self.top_p, self.top_p_bound)
-        return top_k_filter(top_p_filter(x, self.top_p, self.top_p_bound), self.top_k)
+            return top_p_filter(top_k_filter(x, self.top_k), self.top_p)
+        return top_k_filter(top_p_filter(x, self.top_p), self.top_k)
 
 
 def apply_temperature(logits_xV: jax.Array, temperature: float) -> jax.Array:
@@ -201,35 +204,18 @@ def top_k_filter(logits_xV: jax.Array, k: int) -> jax.Array:
     return _keep_at_least(logits_xV, kth_x1)
 
 
-def top_p_filter(logits_xV: jax.Array, top_p: float, bound: int = 0) -> jax.Array:
+def top_p_filter(logits_xV: jax.Array, top_p: float) -> jax.Array:
     """Keeps the smallest set of largest logits whose softmax mass reaches `top_p`.
 
     A token is kept when the mass of the tokens strictly ahead of it in the
     sorted order is below `top_p` (so the top token is always kept), and every
-    token tied with the last kept one is kept too. `bound = 0` finds the
-    threshold by `_bisect_threshold`; `bound = k > 0` first ranks the k largest
-    logits (`lax.top_k`) and falls back to the bisection (computed only when
-    some row needs it) for rows whose nucleus is wider. Exact either way.
+    token tied with the last kept one is kept too; the threshold comes from
+    `_bisect_threshold`.
     """
     if top_p >= 1.0:
         return logits_xV
-    v = logits_xV.shape[-1]
     log_z_x1 = jax.nn.logsumexp(logits_xV, axis=-1, keepdims=True)
-    if bound <= 0 or bound >= v:
-        return _keep_at_least(logits_xV, _bisect_threshold(logits_xV, log_z_x1, top_p))
-    sorted_xK = jax.lax.top_k(logits_xV, bound)[0]
-    probs_xK = jnp.exp(sorted_xK - log_z_x1)
-    mass_xK = jnp.cumsum(probs_xK, axis=-1)
-    # Count of kept sorted entries; >= 1 since the mass before the top one is 0 < top_p.
-    kept_x1 = jnp.sum(mass_xK - probs_xK < top_p, axis=-1, keepdims=True)
-    threshold_x1 = jnp.take_along_axis(sorted_xK, kept_x1 - 1, axis=-1)
-    fits_x1 = mass_xK[..., -1:] >= top_p
-    threshold_x1 = jax.lax.cond(
-        jnp.all(fits_x1),
-        lambda: threshold_x1,
-        lambda: jnp.where(fits_x1, threshold_x1, _bisect_threshold(logits_xV, log_z_x1, top_p)),
-    )
-    return _keep_at_least(logits_xV, threshold_x1)
+    return _keep_at_least(logits_xV, _bisect_threshold(logits_xV, log_z_x1, top_p))
 
 
 def _bisect_threshold(logits_xV, log_z_x1, top_p: float) -> jax.Array:

@@ -25,9 +25,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ram_jax.config import ModelConfig
-from ram_jax.transformer import forward
-
 OBJECTIVES = ("sft", "ram_sft", "ram_dpo", "dpo", "ram_mc")
 
 
@@ -52,6 +49,17 @@ class Objective:
             raise ValueError(f"ram_mc needs num_samples >= 1, got {self.num_samples}.")
         if self.token_mean and self.name != "sft":
             raise ValueError("token_mean applies to the 'sft' objective only.")
+
+    @classmethod
+    def from_config(cls, o) -> Objective:
+        """From a training config's `objective` section (`experiments/configs/base.py`)."""
+        return cls(
+            o.name,
+            alpha=o.alpha,
+            beta=o.beta,
+            num_samples=o.num_samples,
+            token_mean=o.get("token_mean", False),
+        )
 
     @property
     def group_size(self) -> int:
@@ -91,21 +99,6 @@ def sequence_logprobs(
     picked = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
     token_lp = picked - jax.nn.logsumexp(logits, axis=-1)
     return jnp.sum(jnp.where(target_mask_BxT[:, 1:], token_lp, 0.0), axis=-1)
-
-
-def model_sequence_logprobs(
-    params,
-    config: ModelConfig,
-    tokens_BxT: jax.Array,
-    mask_BxT: jax.Array,
-    target_mask_BxT: jax.Array,
-    *,
-    vocab_limit: int | None = None,
-    remat: bool = False,
-) -> jax.Array:
-    """`log Q(y|x)` of right- or left-padded sequences under a model, float32 [B]."""
-    logits, _ = forward(params, tokens_BxT, config, mask_BxT=mask_BxT, remat=remat)
-    return sequence_logprobs(logits, tokens_BxT, target_mask_BxT & mask_BxT, vocab_limit)
 
 
 def sft_loss(chosen_B):

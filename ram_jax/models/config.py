@@ -88,6 +88,20 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields (checkpoint metadata); `from_dict` inverts it."""
+        d = dataclasses.asdict(self)
+        d["eos_token_ids"] = list(d["eos_token_ids"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        if d.get("rope_scaling"):
+            d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+        d["eos_token_ids"] = tuple(d.get("eos_token_ids") or ())
+        return cls(**d)
+
     def to_hf_dict(self) -> dict[str, Any]:
         """The equivalent Hugging Face `config.json` contents."""
         hf_arch = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}[self.architecture]

@@ -1,0 +1,9 @@
+"""The models: Llama-3.x / Qwen2.5 decoders as pure functions, their KV cache, HF I/O, tokenizers.
+
+config       frozen `ModelConfig`, presets, `from_hf_config`
+transformer  the NNX decoder behind `forward(params, tokens, config, ...)`
+cache        the explicit `KVCache` pytree
+rope         rotary embeddings (llama3 scaling)
+convert      HF safetensors import (`load_hf`) and export (`save_hf`)
+tokenizer    `tokenizer.json` loading, offline BPE, shared-tokenizer checks
+"""
