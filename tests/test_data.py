@@ -274,3 +274,54 @@ def test_eval_batches_cover_everything_once(examples):
     assert len(seen) == len(examples)
     first = examples.sequences[0][0]
     assert seen[0] == tuple(first[first != 0])
+
+
+def test_messages_rows_train_on_the_chat_template(tmp_path):
+    """UltraChat's own rows: the prompt is the conversation before the last (assistant)
+    message, rendered by the checkpoint's chat template with an assistant turn opened."""
+    import transformers
+
+    from ram_jax.models.tokenizer_config import load_tokenizer_config
+
+    conversation = [
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]
+    rows = [
+        {"prompt": "Hi!", "prompt_id": "x", "messages": conversation},  # ultrachat_200k
+        {"messages": conversation[2:], "sampling": "Red, I think."},
+    ]
+    path = _write(tmp_path, "uc.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    first, second = data.read_rows(path)
+    assert first.prompt == tuple(conversation[:3]) and first.chosen == "Blue."
+    assert second.prompt == tuple(conversation[2:3]) and second.sampling == ("Red, I think.",)
+    directory = os.path.join(FIXTURES, "tokenizers", "qwen2.5-instruct")
+    tok = load_tokenizer(directory)
+    tc = load_tokenizer_config(directory, tok)
+    eos = tok.token_to_id("<|im_end|>")
+    examples = data.tokenize_rows(
+        [first, second],
+        tok,
+        Objective("sft"),
+        eos_id=eos,
+        max_length=256,
+        max_prompt_length=128,
+        prompt_template="chat",
+        chat_template=tc.chat_template,
+        special_tokens=tc.special_tokens,
+    )
+    hf = transformers.AutoTokenizer.from_pretrained(directory)
+    prompt = hf.apply_chat_template(conversation[:3], add_generation_prompt=True, return_dict=False)
+    # The rendered conversation with the answer equals prompt + answer + EOS, as trained.
+    full = hf.apply_chat_template(conversation, return_dict=False)
+    assert list(examples.sequences[0][0]) == full[: len(full) - 1]  # the template adds "\n"
+    assert examples.prompt_lengths[0] == len(prompt)
+    with pytest.raises(data.DataError, match=r"uc\.jsonl:1: the prompt is a conversation"):
+        data.tokenize_rows(
+            [first], tok, Objective("sft"), eos_id=eos, max_length=64, max_prompt_length=32
+        )
+    bad = _write(tmp_path, "bad.jsonl", json.dumps({"messages": conversation[:3]}) + "\n")
+    with pytest.raises(data.DataError, match=r"bad\.jsonl:1: the last message must be the"):
+        data.read_rows(bad)
