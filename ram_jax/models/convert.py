@@ -326,13 +326,10 @@ def save_hf(
 ) -> None:
     """Writes an HF model directory: weights, `config.json`, `generation_config.json`, tokenizer.
 
-    The result loads with `transformers.AutoModelForCausalLM.from_pretrained`;
-    with a `tokenizer` it also holds the tokenizer files (`write_tokenizer_files`:
-    copied from `tokenizer_config.directory`, or written), so
-    `AutoTokenizer.from_pretrained` works too. Both JSON configs carry the
-    config's `bos_token_id`, `eos_token_ids` and `pad_token_id` (when the config
-    lists no EOS and a tokenizer is given, the tokenizer's EOS), so `generate`
-    stops where the model was trained to.
+    The result loads with `transformers.AutoModelForCausalLM.from_pretrained`, and
+    with a `tokenizer` also `AutoTokenizer` (`write_tokenizer_files`). Both JSON
+    configs carry the config's BOS / EOS / PAD ids (no EOS in the config: the
+    tokenizer's), so `generate` stops where the model was trained to.
     Weights are stored in `dtype` (default: `config.param_dtype`), split into
     `model-0000k-of-0000n.safetensors` shards with an index when they exceed
     `max_shard_bytes`. Everything is written into a temporary directory next

@@ -4,9 +4,9 @@
 with optional field overrides), 'hf' (an HF safetensors directory) or
 'checkpoint' (the params of an earlier ram_jax run). Parameters are always
 created directly in their sharded layout (never whole on one device), stored
-as `config.precision` says (`optim.param_dtype_for`): float32 master weights by default,
-bfloat16 under 'reference'. `load_model` reads any of these sources for
-decoding (a frozen model, by default in the dtype it was stored in).
+as `config.precision` says (`optim.param_dtype_for`): float32 master weights
+by default, bfloat16 under 'reference'. `load_model` reads any of these
+sources for decoding (a frozen model, by default in its stored dtype).
 """
 
 from __future__ import annotations
