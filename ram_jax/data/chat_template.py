@@ -11,8 +11,10 @@ tokenize=False)` without importing it: the same sandboxed Jinja environment
 `namespace`) and the same variables (`messages`, `tools=None`,
 `documents=None`, `add_generation_prompt`, and the special-token strings such
 as `bos_token`). Keys whose value is None are dropped from messages, as
-`transformers` does. The rendered text is tokenized without special tokens:
-a template that wants a BOS writes `{{ bos_token }}` itself.
+`transformers` does (its aliasing of reasoning fields and its tool / document
+arguments are not reproduced: prompts here are plain conversations). The
+rendered text is tokenized without special tokens: a template that wants a
+BOS writes `{{ bos_token }}` itself.
 """
 
 from __future__ import annotations
