@@ -146,7 +146,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(train_loop.NonFiniteLossError) as e:
         train_loop.run(config, str(tmp_path))
     assert "non-finite training loss" in str(e.value) and "at step 2" in str(e.value)
-    assert "last good checkpoint (step 1)" in str(e.value)
+    assert "latest checkpoint, step 1 in" in str(e.value)
+    assert "its loss was finite when saved" in str(e.value)
     c = ckpt.Checkpointer(str(tmp_path))
     assert c.all_steps() == [1]
     c.close()
