@@ -1,60 +1,183 @@
 r"""Synthesise the aligner's negatives: K proposal samples per training prompt.
 
   python -m ram_jax.sample_proposal --input=train.jsonl --output=train_sampled.jsonl \
-      --proposal=/ckpt/Llama-3.1-8B-warmup [--num_samples=1 --batch_size=16]
+      --proposal=/ckpt/Llama-3.1-8B-warmup [--num_samples=1 --batch_size=16] \
+      [--config=experiments/configs/base.py]
 
-Reads a training file (rows with 'prompt', or Anthropic-HH conversations),
-decodes with the proposal alone (`ram_jax.decoding.decoder.generate`, mode 'proposal')
-using the reference's settings by default (temperature 0.5, top_p 0.95,
-repetition penalty 1.05, FastChat processor order, stop at "\n\nHuman"), and
-writes every input row unchanged plus a 'sampling' field (a string for K = 1,
-a list of K strings otherwise). Use the same `--prompt_template`, `--add_bos`
-and `--max_prompt_length` as training (`data.prompt_template`, ...) so the samples
-continue exactly the prompts the aligner sees.
+Reads a training file (rows with 'prompt' and 'chosen', or Anthropic-HH
+conversations), decodes with the proposal alone (`ram_jax.decoding.decoder.generate`,
+mode 'proposal') using the reference's settings by default (temperature 0.5,
+top_p 0.95, repetition penalty 1.05, FastChat processor order, stop at
+"\n\nHuman"), and writes every input row unchanged plus a 'sampling' field (a
+string for K = 1, a list of K strings otherwise). The samples must continue
+exactly the prompts the aligner is trained on: pass the training run's
+`--config` (and any `--config.data.*` overrides) and the template, BOS and
+prompt length come from its `data` section; `--prompt_template`, `--add_bos`
+and `--max_prompt_length` override it. `--dtype` defaults to float32, as
+`ram_jax.generate` decodes.
 
-Progress is appended batch by batch to OUTPUT.partial; rerunning the same
-command skips the rows already done, and the finished file is renamed into
-place atomically. Sample b of row i uses a key derived from (seed, batch
-start), so a resumed run writes the same samples as an uninterrupted one.
+Progress is appended batch by batch to OUTPUT.partial, whose first line
+fingerprints the job: the input rows' content, the proposal's and tokenizer's
+files, and every flag that changes the samples. Rerunning the same command
+skips the rows already done (a resumed run writes the same samples as an
+uninterrupted one: sample b of row i uses a key derived from (seed, batch
+start)); any other input or flags are refused, with `--restart` as the fix.
+The finished file is written atomically and the partial file removed.
 `--proposal` is an HF directory or a ram_jax training workdir.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import hashlib
 import os
 
-import jax
 from absl import flags
+from ml_collections import config_flags
 from tqdm import tqdm
 
-from ram_jax import cli
-from ram_jax.data import read_rows, templates
-from ram_jax.decoding import batching
-from ram_jax.decoding.decoder import generate
-from ram_jax.decoding.sampling import REFERENCE_NEGATIVES, REFERENCE_STOPS, SamplingConfig
-from ram_jax.models.tokenizer import (
-    bos_token_id,
-    eos_token_ids,
-    load_tokenizer,
-    tokenizer_length,
-)
-from ram_jax.training.model import load_model
-
-PARTIAL = ".partial"
+from ram_jax import cli, io, resumable
+from ram_jax.data import rows as rows_lib
+from ram_jax.data import sources, templates
 
 
-def _done_rows(partial: str, batch_size: int) -> int:
-    """Whole batches already in the partial file; anything after them is cut off."""
-    if not os.path.exists(partial):
-        return 0
-    with open(partial, "rb") as f:
-        lines = f.read().split(b"\n")
-    complete = lines[:-1]  # the text after the last newline is unfinished
-    keep = (len(complete) // batch_size) * batch_size
-    with open(partial, "wb") as f:
-        f.write(b"".join(ln + b"\n" for ln in complete[:keep]))
-    return keep
+@dataclasses.dataclass
+class Job:
+    """A sampling job, checked and ready to run (everything but the proposal's weights)."""
+
+    rows: list  # `Row`s in input order
+    prompts: list[list[int]]  # their templated, truncated prompt ids
+    output: resumable.PartialOutput
+    tokenizer: object
+    sampling: object  # SamplingConfig
+    num_samples: int
+    max_new_tokens: int
+    batch_size: int
+    seed: int
+    stops: tuple[str, ...]
+
+
+def read_input(spec: str, fmt: str = "auto") -> tuple[list, str]:
+    """(validated rows, content hash) of a training file; prompt-only rows are refused clearly."""
+    records = list(sources.records(spec))
+    for where, obj in records:
+        if isinstance(obj, dict) and "prompt" in obj and "chosen" not in obj and fmt != "hh":
+            raise io.DataError(
+                f"{where}: row has 'prompt' but no 'chosen'; sample_proposal adds proposal "
+                "samples to training rows, which need the aligned answer 'chosen' too (to "
+                "decode prompts alone, use python -m ram_jax.generate)."
+            )
+    rows = rows_lib.rows_from(records, spec, fmt)
+    return rows, resumable.content_hash(obj for _, obj in records)
+
+
+def plan(
+    rows: list,
+    input_hash: str,
+    output_path: str,
+    *,
+    tokenizer,
+    sampling,
+    proposal_id,
+    num_samples: int = 1,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    seed: int = 0,
+    stops: tuple[str, ...] = ("\n\nHuman",),
+    prompt_template: str = "raw",
+    bos_id: int | None = None,
+    max_prompt_length: int = 1024,
+    restart: bool = False,
+) -> Job:
+    """Encodes the prompts and opens OUTPUT.partial, refusing one made by another job.
+
+    `proposal_id` is any JSON value naming the proposal's weights (the
+    command uses its files' sizes and times): a partial output made with
+    another proposal is refused like one made from another input.
+    """
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"--{name}={value} must be >= 1.")
+    prompts = templates.encode_prompts(
+        tokenizer,
+        [r.prompt for r in rows],
+        prompt_template,
+        bos_id=bos_id,
+        max_length=max_prompt_length,
+    )
+    fingerprint = {
+        "input": input_hash,
+        "proposal": proposal_id,
+        "tokenizer": hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest(),
+        "settings": {
+            "num_samples": num_samples,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,  # keys are derived from each batch's first row
+            "seed": seed,
+            "stops": list(stops),
+            "prompt_template": templates.resolve(prompt_template),
+            "bos_id": bos_id,
+            "max_prompt_length": max_prompt_length,
+            "sampling": dataclasses.asdict(sampling),
+        },
+    }
+    output = resumable.PartialOutput(output_path, fingerprint, unit=batch_size, restart=restart)
+    return Job(
+        rows,
+        prompts,
+        output,
+        tokenizer,
+        sampling,
+        num_samples,
+        max_new_tokens,
+        batch_size,
+        seed,
+        stops,
+    )
+
+
+def run(job: Job, p_params, p_config) -> int:
+    """Samples the rows not yet done, then writes the output; returns how many were sampled."""
+    import jax
+
+    from ram_jax.decoding import batching
+    from ram_jax.decoding.decoder import generate
+    from ram_jax.models.tokenizer import eos_token_ids, tokenizer_length
+
+    vocab = tokenizer_length(job.tokenizer)
+    eos = eos_token_ids(job.tokenizer, p_config)
+    # Over-long requests fail here, before any decoding or file.
+    batching.check_prompts(job.prompts, job.max_new_tokens, [p_config], vocab)
+    rows, k, width = job.rows, job.num_samples, job.batch_size
+    start = job.output.done
+    base_key = jax.random.key(job.seed)
+    bar = tqdm(total=len(rows), initial=start, desc="sample", unit="prompt")
+    for first in range(start, len(rows), width):
+        batch = job.prompts[first : first + width]
+        result = generate(
+            p_params,
+            p_config,
+            [p for p in batch for _ in range(k)],
+            job.sampling,
+            key=jax.random.fold_in(base_key, first),
+            max_new_tokens=job.max_new_tokens,
+            vocab_size=vocab,
+            eos_ids=eos,
+            batch_size=width * k,
+        )
+        samples = batching.decode_texts(
+            job.tokenizer, result["tokens"], result["lengths"], eos, job.stops
+        )
+        records = []
+        for i in range(len(batch)):
+            got = samples[i * k : (i + 1) * k]
+            records.append({**rows[first + i].source, "sampling": got[0] if k == 1 else got})
+        job.output.append(records)
+        bar.update(len(batch))
+    bar.close()
+    job.output.finish(lambda records: io.write_jsonl(job.output.output_path, records))
+    print(f"done: {len(rows) - start} prompts x {k} samples -> {job.output.output_path}")
+    return len(rows) - start
 
 
 def sample_file(
@@ -64,68 +187,49 @@ def sample_file(
     p_params,
     p_config,
     tokenizer,
-    sampling: SamplingConfig,
+    sampling,
     num_samples: int = 1,
     max_new_tokens: int = 256,
     batch_size: int = 16,
     seed: int = 0,
-    stops: tuple[str, ...] = REFERENCE_STOPS,
+    stops: tuple[str, ...] = ("\n\nHuman",),
     prompt_template: str = "raw",
     add_bos: bool = False,
     max_prompt_length: int = 1024,
     fmt: str = "auto",
+    restart: bool = False,
+    proposal_id=None,
 ) -> int:
-    """Writes `output_path` (input rows + 'sampling'); returns the number of rows sampled now."""
+    """Writes `output_path` (input rows + 'sampling'); returns the number of rows sampled now.
+
+    `proposal_id` (see `plan`) defaults to the proposal's config, which does
+    not tell two trainings of one shape apart: pass an id of the weights when
+    a resume could meet a retrained proposal.
+    """
     if os.path.exists(output_path):
         print(f"{output_path} exists; nothing to do (delete it to resample).")
         return 0
-    rows = read_rows(input_path, fmt)
-    bos = bos_token_id(tokenizer, p_config) if add_bos else None
-    prompts = templates.encode_prompts(
-        tokenizer,
-        [r.prompt for r in rows],
-        prompt_template,
-        bos_id=bos,
-        max_length=max_prompt_length,
+    from ram_jax.models.tokenizer import bos_token_id
+
+    rows, input_hash = read_input(input_path, fmt)
+    job = plan(
+        rows,
+        input_hash,
+        output_path,
+        tokenizer=tokenizer,
+        sampling=sampling,
+        proposal_id=p_config.to_dict() if proposal_id is None else proposal_id,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        stops=stops,
+        prompt_template=prompt_template,
+        bos_id=bos_token_id(tokenizer, p_config) if add_bos else None,
+        max_prompt_length=max_prompt_length,
+        restart=restart,
     )
-    vocab = tokenizer_length(tokenizer)
-    eos = eos_token_ids(tokenizer, p_config)
-    partial = output_path + PARTIAL
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    start = _done_rows(partial, batch_size)
-    base_key = jax.random.key(seed)
-    bar = tqdm(total=len(rows), initial=start, desc="sample", unit="prompt")
-    with open(partial, "a", encoding="utf-8") as out:
-        for first in range(start, len(rows), batch_size):
-            batch = prompts[first : first + batch_size]
-            result = generate(
-                p_params,
-                p_config,
-                [p for p in batch for _ in range(num_samples)],
-                sampling,
-                key=jax.random.fold_in(base_key, first),
-                max_new_tokens=max_new_tokens,
-                vocab_size=vocab,
-                eos_ids=eos,
-                batch_size=batch_size * num_samples,
-            )
-            samples = batching.decode_texts(
-                tokenizer, result["tokens"], result["lengths"], eos, stops
-            )
-            lines = []
-            for i in range(len(batch)):
-                got = samples[i * num_samples : (i + 1) * num_samples]
-                obj = dict(rows[first + i].source)
-                obj["sampling"] = got[0] if num_samples == 1 else got
-                lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
-            out.write("".join(lines))
-            out.flush()
-            os.fsync(out.fileno())
-            bar.update(len(batch))
-    bar.close()
-    os.replace(partial, output_path)
-    print(f"done: {len(rows) - start} prompts x {num_samples} samples -> {output_path}")
-    return len(rows) - start
+    return run(job, p_params, p_config)
 
 
 FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
@@ -141,67 +245,128 @@ _PROPOSAL = flags.DEFINE_string(
 _TOKENIZER = flags.DEFINE_string(
     "tokenizer", None, "tokenizer.json (default: in --proposal).", flag_values=FLAGS
 )
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "The aligner's training config: its data.prompt_template, data.add_bos and "
+    "data.max_prompt_length are used (--config.data.* overrides apply).",
+    flag_values=FLAGS,
+)
 _K = flags.DEFINE_integer("num_samples", 1, "Samples per prompt (K).", flag_values=FLAGS)
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Longest sample.", flag_values=FLAGS)
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts per decode batch.", flag_values=FLAGS)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=FLAGS)
-_NEG = REFERENCE_NEGATIVES  # the defaults below: the reference's settings
-_T = flags.DEFINE_float("temperature", _NEG.temperature, "Proposal temperature.", flag_values=FLAGS)
-_TOP_P = flags.DEFINE_float("top_p", _NEG.top_p, "Nucleus mass.", flag_values=FLAGS)
-_TOP_K = flags.DEFINE_integer("top_k", _NEG.top_k, "Top-k (0: off).", flag_values=FLAGS)
+_RESTART = flags.DEFINE_bool(
+    "restart", False, "Discard OUTPUT.partial and start over.", flag_values=FLAGS
+)
+# Sampling flags default to the reference's negatives (REFERENCE_NEGATIVES).
+_T = flags.DEFINE_float(
+    "temperature", None, "Proposal temperature (default: the reference's).", flag_values=FLAGS
+)
+_TOP_P = flags.DEFINE_float("top_p", None, "Nucleus mass (default: reference).", flag_values=FLAGS)
+_TOP_K = flags.DEFINE_integer(
+    "top_k", None, "Top-k, 0: off (default: reference).", flag_values=FLAGS
+)
 _REP = flags.DEFINE_float(
-    "repetition_penalty", _NEG.repetition_penalty, "HF repetition penalty.", flag_values=FLAGS
+    "repetition_penalty", None, "HF repetition penalty (default: reference).", flag_values=FLAGS
 )
 _STOPS = flags.DEFINE_multi_string(
-    "stop", list(REFERENCE_STOPS), "Stop strings (cut from samples).", flag_values=FLAGS
+    "stop", None, "Stop strings, cut from samples (default: '\\n\\nHuman').", flag_values=FLAGS
 )
 _TEMPLATE = flags.DEFINE_string(
     "prompt_template",
-    "raw",
-    "As data.prompt_template (a name or a {prompt} string).",
+    None,
+    "As data.prompt_template, a name or a {prompt} string (default: --config's, else raw).",
     flag_values=FLAGS,
 )
 _ADD_BOS = flags.DEFINE_bool(
-    "add_bos", False, "Start prompts with BOS, as data.add_bos.", flag_values=FLAGS
+    "add_bos", None, "Start prompts with BOS (default: --config's data.add_bos).", flag_values=FLAGS
 )
 _MAX_PROMPT = flags.DEFINE_integer(
-    "max_prompt_length", 1024, "Prompts keep their last N tokens.", flag_values=FLAGS
+    "max_prompt_length",
+    None,
+    "Prompts keep their last N tokens (default: --config's, else 1024).",
+    flag_values=FLAGS,
 )
 _FORMAT = flags.DEFINE_enum(
     "format", "auto", ["auto", "rows", "hh"], "Input layout.", flag_values=FLAGS
 )
 _DTYPE = flags.DEFINE_enum(
-    "dtype", "bfloat16", ["bfloat16", "float32"], "Proposal dtype.", flag_values=FLAGS
+    "dtype", "float32", ["bfloat16", "float32"], "Proposal dtype.", flag_values=FLAGS
 )
+_DATA_DEFAULTS = {"prompt_template": "raw", "add_bos": False, "max_prompt_length": 1024}
+
+
+def _data_settings() -> dict:
+    """Template, BOS and prompt length: the flag, else the training config's, else the default."""
+    config = cli.config_value(_CONFIG) if FLAGS["config"].present else None
+    given = {"prompt_template": _TEMPLATE, "add_bos": _ADD_BOS, "max_prompt_length": _MAX_PROMPT}
+    out = {}
+    for name, holder in given.items():
+        if holder.value is not None:
+            out[name] = holder.value
+        elif config is not None:
+            out[name] = config.data[name]
+        else:
+            out[name] = _DATA_DEFAULTS[name]
+    templates.resolve(out["prompt_template"])
+    if out["max_prompt_length"] < 1:
+        raise ValueError(f"--max_prompt_length={out['max_prompt_length']} must be >= 1.")
+    return out
 
 
 def main(argv):
     del argv
-    tok = load_tokenizer(_TOKENIZER.value or _PROPOSAL.value)
-    p_config, p_params = load_model(_PROPOSAL.value, _DTYPE.value, "--proposal")
+    # Everything a user can get wrong is checked before JAX and the proposal load.
+    for name, holder in (("num_samples", _K), ("batch_size", _BATCH), ("max_new_tokens", _MAX_NEW)):
+        if holder.value < 1:
+            raise ValueError(f"--{name}={holder.value} must be >= 1.")
+    data = _data_settings()
+    io.check_output_path(_OUTPUT.value, "--output")
+    if not os.path.isdir(_PROPOSAL.value):
+        raise io.DataError(
+            f"--proposal={_PROPOSAL.value}: not a directory; pass an HF model "
+            "directory or a ram_jax training workdir."
+        )
+    if os.path.exists(_OUTPUT.value):
+        print(f"{_OUTPUT.value} exists; nothing to do (delete it to resample).")
+        return
+    rows, input_hash = read_input(_INPUT.value, _FORMAT.value)
+
+    from ram_jax.decoding.sampling import REFERENCE_NEGATIVES, REFERENCE_STOPS
+    from ram_jax.models.config import from_hf_config
+    from ram_jax.models.tokenizer import bos_token_id, load_tokenizer
+    from ram_jax.training.checkpoint import checkpoint_model_config
+    from ram_jax.training.model import load_model, model_dir
+
+    given = {"temperature": _T, "top_p": _TOP_P, "top_k": _TOP_K, "repetition_penalty": _REP}
     sampling = REFERENCE_NEGATIVES.replace(
-        temperature=_T.value,
-        top_p=_TOP_P.value,
-        top_k=_TOP_K.value,
-        repetition_penalty=_REP.value,
+        **{k: h.value for k, h in given.items() if h.value is not None}
     )
-    sample_file(
-        _INPUT.value,
+    hf_dir = model_dir(_PROPOSAL.value)
+    p_dir = hf_dir or _PROPOSAL.value
+    tok = load_tokenizer(_TOKENIZER.value or p_dir)
+    # The config alone (no weights yet): it names the BOS.
+    p_config = from_hf_config(hf_dir) if hf_dir else checkpoint_model_config(p_dir)
+    job = plan(
+        rows,
+        input_hash,
         _OUTPUT.value,
-        p_params=p_params,
-        p_config=p_config,
         tokenizer=tok,
         sampling=sampling,
+        proposal_id={"files": resumable.files_fingerprint(p_dir), "dtype": _DTYPE.value},
         num_samples=_K.value,
         max_new_tokens=_MAX_NEW.value,
         batch_size=_BATCH.value,
         seed=_SEED.value,
-        stops=tuple(_STOPS.value),
-        prompt_template=_TEMPLATE.value,
-        add_bos=_ADD_BOS.value,
-        max_prompt_length=_MAX_PROMPT.value,
-        fmt=_FORMAT.value,
+        stops=tuple(REFERENCE_STOPS if _STOPS.value is None else _STOPS.value),
+        prompt_template=data["prompt_template"],
+        bos_id=bos_token_id(tok, p_config) if data["add_bos"] else None,
+        max_prompt_length=data["max_prompt_length"],
+        restart=_RESTART.value,
     )
+    p_config, p_params = load_model(_PROPOSAL.value, _DTYPE.value, "--proposal")
+    run(job, p_params, p_config)
 
 
 if __name__ == "__main__":

@@ -144,4 +144,5 @@ def sample_proposal(proposal: str, data: str, output: str, k: int, seed: int) ->
         seed=seed,
         prompt_template=c.data.prompt_template,
         max_prompt_length=c.data.max_prompt_length,
+        restart=True,
     )
