@@ -60,6 +60,15 @@ def _strip_traceback(message: str) -> str:
     return f"{head} {last}".strip()
 
 
+def _flag_error(message: str) -> str:
+    """absl's flag errors in one line; missing required flags listed together."""
+    missing = re.findall(r"Flag --(\w+) must have a value other than None", message)
+    if missing:
+        names = ", ".join(f"--{m}" for m in missing)
+        return f"{names} {'is' if len(missing) == 1 else 'are'} required (--help lists the flags)."
+    return f"{_strip_traceback(message)} (--help lists the flags)"
+
+
 def _config_field_error(exc: BaseException, argv: list[str]) -> str:
     """A misspelled `--config.a.b=v`: name the flag and keep the library's suggestion."""
     text = str(exc).replace("\\n", "\n").replace("\\'", "'")
@@ -111,7 +120,7 @@ def run(main: Callable[[list[str]], None], flag_values: flags.FlagValues) -> Non
         try:
             rest = flag_values(argv)
         except flags.Error as e:
-            fail(f"{_strip_traceback(str(e))} (--help lists the flags)", e, verbose)
+            fail(_flag_error(str(e)), e, verbose)
         except (AttributeError, KeyError) as e:  # ml_collections: an unknown config field
             fail(_config_field_error(e, argv), e, verbose)
         except (ValueError, TypeError, OSError) as e:

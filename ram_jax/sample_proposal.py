@@ -78,6 +78,7 @@ def plan(
     *,
     tokenizer,
     sampling,
+    p_config,
     proposal_id,
     num_samples: int = 1,
     max_new_tokens: int = 256,
@@ -89,12 +90,16 @@ def plan(
     max_prompt_length: int = 1024,
     restart: bool = False,
 ) -> Job:
-    """Encodes the prompts and opens OUTPUT.partial, refusing one made by another job.
+    """Encodes and checks the prompts, opens OUTPUT.partial (refusing another job's).
 
-    `proposal_id` is any JSON value naming the proposal's weights (the
-    command uses its files' sizes and times): a partial output made with
-    another proposal is refused like one made from another input.
+    Needs the proposal's config (its context length), not its weights.
+    `proposal_id` is any JSON value naming the weights (the command uses
+    their files' sizes and times): a partial output made with another
+    proposal is refused like one made from another input.
     """
+    from ram_jax.decoding import batching
+    from ram_jax.models.tokenizer import tokenizer_length
+
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"--{name}={value} must be >= 1.")
@@ -105,6 +110,8 @@ def plan(
         bos_id=bos_id,
         max_length=max_prompt_length,
     )
+    # Over-long requests fail here, before the weights load and before any file.
+    batching.check_prompts(prompts, max_new_tokens, [p_config], tokenizer_length(tokenizer))
     fingerprint = {
         "input": input_hash,
         "proposal": proposal_id,
@@ -146,8 +153,6 @@ def run(job: Job, p_params, p_config) -> int:
 
     vocab = tokenizer_length(job.tokenizer)
     eos = eos_token_ids(job.tokenizer, p_config)
-    # Over-long requests fail here, before any decoding or file.
-    batching.check_prompts(job.prompts, job.max_new_tokens, [p_config], vocab)
     rows, k, width = job.rows, job.num_samples, job.batch_size
     start = job.output.done
     base_key = jax.random.key(job.seed)
@@ -218,6 +223,7 @@ def sample_file(
         output_path,
         tokenizer=tokenizer,
         sampling=sampling,
+        p_config=p_config,
         proposal_id=p_config.to_dict() if proposal_id is None else proposal_id,
         num_samples=num_samples,
         max_new_tokens=max_new_tokens,
@@ -354,6 +360,7 @@ def main(argv):
         _OUTPUT.value,
         tokenizer=tok,
         sampling=sampling,
+        p_config=p_config,
         proposal_id={"files": resumable.files_fingerprint(p_dir), "dtype": _DTYPE.value},
         num_samples=_K.value,
         max_new_tokens=_MAX_NEW.value,
