@@ -41,6 +41,26 @@ from ram_jax.data import rows as rows_lib
 from ram_jax.data import sources, templates
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What decides the samples, besides the input rows, the proposal and the sampling rule."""
+
+    num_samples: int = 1
+    max_new_tokens: int = 256
+    batch_size: int = 16  # each batch's key comes from its first row: part of the samples
+    seed: int = 0
+    stops: tuple[str, ...] = ("\n\nHuman",)  # the reference's (REFERENCE_STOPS)
+    prompt_template: str = "raw"
+    add_bos: bool = False
+    max_prompt_length: int = 1024
+
+    def __post_init__(self):
+        for name in ("num_samples", "max_new_tokens", "batch_size", "max_prompt_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name}={getattr(self, name)} must be >= 1.")
+        templates.resolve(self.prompt_template)
+
+
 @dataclasses.dataclass
 class Job:
     """A sampling job, checked and ready to run (everything but the proposal's weights)."""
@@ -50,11 +70,7 @@ class Job:
     output: resumable.PartialOutput
     tokenizer: object
     sampling: object  # SamplingConfig
-    num_samples: int
-    max_new_tokens: int
-    batch_size: int
-    seed: int
-    stops: tuple[str, ...]
+    settings: Settings
 
 
 def read_input(spec: str, fmt: str = "auto") -> tuple[list, str]:
@@ -80,67 +96,43 @@ def plan(
     sampling,
     p_config,
     proposal_id,
-    num_samples: int = 1,
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
-    seed: int = 0,
-    stops: tuple[str, ...] = ("\n\nHuman",),
-    prompt_template: str = "raw",
-    bos_id: int | None = None,
-    max_prompt_length: int = 1024,
+    settings: Settings,
     restart: bool = False,
 ) -> Job:
     """Encodes and checks the prompts, opens OUTPUT.partial (refusing another job's).
 
-    Needs the proposal's config (its context length), not its weights.
+    Needs the proposal's config (its context length, its BOS), not its weights.
     `proposal_id` is any JSON value naming the weights (the command uses
     their files' sizes and times): a partial output made with another
     proposal is refused like one made from another input.
     """
     from ram_jax.decoding import batching
-    from ram_jax.models.tokenizer import tokenizer_length
+    from ram_jax.models.tokenizer import bos_token_id, tokenizer_length
 
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"--{name}={value} must be >= 1.")
     prompts = templates.encode_prompts(
         tokenizer,
         [r.prompt for r in rows],
-        prompt_template,
-        bos_id=bos_id,
-        max_length=max_prompt_length,
+        settings.prompt_template,
+        bos_id=bos_token_id(tokenizer, p_config) if settings.add_bos else None,
+        max_length=settings.max_prompt_length,
     )
     # Over-long requests fail here, before the weights load and before any file.
-    batching.check_prompts(prompts, max_new_tokens, [p_config], tokenizer_length(tokenizer))
+    vocab = tokenizer_length(tokenizer)
+    batching.check_prompts(prompts, settings.max_new_tokens, [p_config], vocab)
     fingerprint = {
         "input": input_hash,
         "proposal": proposal_id,
         "tokenizer": hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest(),
         "settings": {
-            "num_samples": num_samples,
-            "max_new_tokens": max_new_tokens,
-            "batch_size": batch_size,  # keys are derived from each batch's first row
-            "seed": seed,
-            "stops": list(stops),
-            "prompt_template": templates.resolve(prompt_template),
-            "bos_id": bos_id,
-            "max_prompt_length": max_prompt_length,
+            **dataclasses.asdict(settings),
+            "prompt_template": templates.resolve(settings.prompt_template),
             "sampling": dataclasses.asdict(sampling),
         },
     }
-    output = resumable.PartialOutput(output_path, fingerprint, unit=batch_size, restart=restart)
-    return Job(
-        rows,
-        prompts,
-        output,
-        tokenizer,
-        sampling,
-        num_samples,
-        max_new_tokens,
-        batch_size,
-        seed,
-        stops,
+    output = resumable.PartialOutput(
+        output_path, fingerprint, unit=settings.batch_size, restart=restart
     )
+    return Job(rows, prompts, output, tokenizer, sampling, settings)
 
 
 def run(job: Job, p_params, p_config) -> int:
@@ -153,9 +145,9 @@ def run(job: Job, p_params, p_config) -> int:
 
     vocab = tokenizer_length(job.tokenizer)
     eos = eos_token_ids(job.tokenizer, p_config)
-    rows, k, width = job.rows, job.num_samples, job.batch_size
+    rows, k, width = job.rows, job.settings.num_samples, job.settings.batch_size
     start = job.output.done
-    base_key = jax.random.key(job.seed)
+    base_key = jax.random.key(job.settings.seed)
     bar = tqdm(total=len(rows), initial=start, desc="sample", unit="prompt")
     for first in range(start, len(rows), width):
         batch = job.prompts[first : first + width]
@@ -165,13 +157,13 @@ def run(job: Job, p_params, p_config) -> int:
             [p for p in batch for _ in range(k)],
             job.sampling,
             key=jax.random.fold_in(base_key, first),
-            max_new_tokens=job.max_new_tokens,
+            max_new_tokens=job.settings.max_new_tokens,
             vocab_size=vocab,
             eos_ids=eos,
             batch_size=width * k,
         )
         samples = batching.decode_texts(
-            job.tokenizer, result["tokens"], result["lengths"], eos, job.stops
+            job.tokenizer, result["tokens"], result["lengths"], eos, job.settings.stops
         )
         records = []
         for i in range(len(batch)):
@@ -193,14 +185,7 @@ def sample_file(
     p_config,
     tokenizer,
     sampling,
-    num_samples: int = 1,
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
-    seed: int = 0,
-    stops: tuple[str, ...] = ("\n\nHuman",),
-    prompt_template: str = "raw",
-    add_bos: bool = False,
-    max_prompt_length: int = 1024,
+    settings: Settings = Settings(),
     fmt: str = "auto",
     restart: bool = False,
     proposal_id=None,
@@ -214,8 +199,6 @@ def sample_file(
     if os.path.exists(output_path):
         print(f"{output_path} exists; nothing to do (delete it to resample).")
         return 0
-    from ram_jax.models.tokenizer import bos_token_id
-
     rows, input_hash = read_input(input_path, fmt)
     job = plan(
         rows,
@@ -225,14 +208,7 @@ def sample_file(
         sampling=sampling,
         p_config=p_config,
         proposal_id=p_config.to_dict() if proposal_id is None else proposal_id,
-        num_samples=num_samples,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        seed=seed,
-        stops=stops,
-        prompt_template=prompt_template,
-        bos_id=bos_token_id(tokenizer, p_config) if add_bos else None,
-        max_prompt_length=max_prompt_length,
+        settings=settings,
         restart=restart,
     )
     return run(job, p_params, p_config)
@@ -300,34 +276,36 @@ _FORMAT = flags.DEFINE_enum(
 _DTYPE = flags.DEFINE_enum(
     "dtype", "float32", ["bfloat16", "float32"], "Proposal dtype.", flag_values=FLAGS
 )
-_DATA_DEFAULTS = {"prompt_template": "raw", "add_bos": False, "max_prompt_length": 1024}
 
 
-def _data_settings() -> dict:
-    """Template, BOS and prompt length: the flag, else the training config's, else the default."""
+def _settings() -> Settings:
+    """Settings from the flags; template, BOS and prompt length from --config unless given."""
     config = cli.config_value(_CONFIG) if FLAGS["config"].present else None
-    given = {"prompt_template": _TEMPLATE, "add_bos": _ADD_BOS, "max_prompt_length": _MAX_PROMPT}
-    out = {}
-    for name, holder in given.items():
+    data = {}
+    for name, holder in (
+        ("prompt_template", _TEMPLATE),
+        ("add_bos", _ADD_BOS),
+        ("max_prompt_length", _MAX_PROMPT),
+    ):
         if holder.value is not None:
-            out[name] = holder.value
+            data[name] = holder.value
         elif config is not None:
-            out[name] = config.data[name]
-        else:
-            out[name] = _DATA_DEFAULTS[name]
-    templates.resolve(out["prompt_template"])
-    if out["max_prompt_length"] < 1:
-        raise ValueError(f"--max_prompt_length={out['max_prompt_length']} must be >= 1.")
-    return out
+            data[name] = config.data[name]
+    if _STOPS.value is not None:
+        data["stops"] = tuple(_STOPS.value)
+    return Settings(
+        num_samples=_K.value,
+        max_new_tokens=_MAX_NEW.value,
+        batch_size=_BATCH.value,
+        seed=_SEED.value,
+        **data,
+    )
 
 
 def main(argv):
     del argv
     # Everything a user can get wrong is checked before JAX and the proposal load.
-    for name, holder in (("num_samples", _K), ("batch_size", _BATCH), ("max_new_tokens", _MAX_NEW)):
-        if holder.value < 1:
-            raise ValueError(f"--{name}={holder.value} must be >= 1.")
-    data = _data_settings()
+    settings = _settings()
     io.check_output_path(_OUTPUT.value, "--output")
     if not os.path.isdir(_PROPOSAL.value):
         raise io.DataError(
@@ -339,9 +317,9 @@ def main(argv):
         return
     rows, input_hash = read_input(_INPUT.value, _FORMAT.value)
 
-    from ram_jax.decoding.sampling import REFERENCE_NEGATIVES, REFERENCE_STOPS
+    from ram_jax.decoding.sampling import REFERENCE_NEGATIVES
     from ram_jax.models.config import from_hf_config
-    from ram_jax.models.tokenizer import bos_token_id, load_tokenizer
+    from ram_jax.models.tokenizer import load_tokenizer
     from ram_jax.training.checkpoint import checkpoint_model_config
     from ram_jax.training.model import load_model, model_dir
 
@@ -352,7 +330,7 @@ def main(argv):
     hf_dir = model_dir(_PROPOSAL.value)
     p_dir = hf_dir or _PROPOSAL.value
     tok = load_tokenizer(_TOKENIZER.value or p_dir)
-    # The config alone (no weights yet): it names the BOS.
+    # The config alone (no weights yet): context length and BOS.
     p_config = from_hf_config(hf_dir) if hf_dir else checkpoint_model_config(p_dir)
     job = plan(
         rows,
@@ -362,14 +340,7 @@ def main(argv):
         sampling=sampling,
         p_config=p_config,
         proposal_id={"files": resumable.files_fingerprint(p_dir), "dtype": _DTYPE.value},
-        num_samples=_K.value,
-        max_new_tokens=_MAX_NEW.value,
-        batch_size=_BATCH.value,
-        seed=_SEED.value,
-        stops=tuple(REFERENCE_STOPS if _STOPS.value is None else _STOPS.value),
-        prompt_template=data["prompt_template"],
-        bos_id=bos_token_id(tok, p_config) if data["add_bos"] else None,
-        max_prompt_length=data["max_prompt_length"],
+        settings=settings,
         restart=_RESTART.value,
     )
     p_config, p_params = load_model(_PROPOSAL.value, _DTYPE.value, "--proposal")

@@ -103,7 +103,7 @@ CASES = [
         "main: workdir under a file",
         "ram_jax.main",
         (SMOKE, "--workdir={file}/run"),
-        ("is a file, so no directory fits under it",),
+        ("is a file, so no folder can be made under it",),
     ),
     _main(
         "main: train file not UTF-8",

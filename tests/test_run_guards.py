@@ -53,7 +53,7 @@ def test_preflight_refuses_a_workdir_that_cannot_be_one(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ValueError, match="is a file; pass a directory"):
         preflight.check_workdir(str(tmp_path / "f"))
-    with pytest.raises(ValueError, match="is a file, so no directory fits under it"):
+    with pytest.raises(ValueError, match="is a file, so no folder can be made under it"):
         preflight.check_workdir(str(tmp_path / "f" / "run"))
 
 

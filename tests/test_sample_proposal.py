@@ -56,7 +56,7 @@ def full(proposal, rows_file, tmp_path_factory):
     return out
 
 
-def _sample(proposal, rows_file, out, **changes):
+def _sample(proposal, rows_file, out, restart=False, **changes):
     config, params = proposal
     settings = dict(num_samples=2, max_new_tokens=6, batch_size=2, seed=1)
     settings.update(changes)
@@ -67,7 +67,8 @@ def _sample(proposal, rows_file, out, **changes):
         p_config=config,
         tokenizer=load_tokenizer(os.path.join(FIXTURES, "tokenizer.json")),
         sampling=SAMPLING,
-        **settings,
+        settings=sample_proposal.Settings(**settings),
+        restart=restart,
     )
 
 

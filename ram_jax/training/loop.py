@@ -233,11 +233,10 @@ def _run(config, workdir: str, is_main: bool) -> dict:
         metrics = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
         if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
             raise NonFiniteLossError(non_finite_message(step, metrics, checkpointer, last_saved))
-        if step <= check_until:
+        if step <= check_until and 0.0 in (metrics["loss"], metrics["grad_norm"]):
             advice = zero_signal_warning(objective, metrics, step, train_ex.response_lengths())
-            if advice:
-                logging.warning("%s", advice)
-                check_until = 0  # once is enough
+            logging.warning("%s", advice)
+            check_until = 0  # once is enough
         last_train = metrics
         window_tokens += tokens
         if config.log_every and step % config.log_every == 0 or step == steps:

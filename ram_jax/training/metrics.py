@@ -33,6 +33,16 @@ def read_metrics(workdir: str) -> list[dict]:
     return out
 
 
+def _ends_cleanly(path: str) -> bool:
+    """False when the file's last line was cut off (a kill mid-write)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class MetricsWriter:
     """Writes scalars at a step; `start_step` > 0 continues a resumed run (see module docstring)."""
 
@@ -45,8 +55,9 @@ class MetricsWriter:
         from tensorboardX import SummaryWriter
 
         path = os.path.join(workdir, METRICS_FILE)
-        kept = [m for m in read_metrics(workdir) if m.get("step", 0) <= start_step]
-        if os.path.exists(path) and len(kept) != sum(1 for _ in open(path, encoding="utf-8")):
+        lines = read_metrics(workdir)
+        kept = [m for m in lines if m.get("step", 0) <= start_step]
+        if os.path.exists(path) and (len(kept) < len(lines) or not _ends_cleanly(path)):
             io.write_jsonl(path, kept)
         self._written = {(m["step"], k) for m in kept for k in m if k != "step"}
         purge = start_step + 1 if start_step > 0 else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 
+from ram_jax import io
 from ram_jax.data.sources import TFDS_PREFIX
 from ram_jax.io import DataError
 
@@ -23,17 +24,7 @@ def _exists(path: str, field: str, what: str) -> None:
 
 def check_workdir(workdir: str) -> None:
     """A workdir must be a directory or creatable as one."""
-    if not workdir:
-        raise ValueError("--workdir is empty; pass a directory for checkpoints and outputs.")
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ValueError(f"--workdir={workdir} is a file; pass a directory (new or existing).")
-    probe = os.path.abspath(workdir)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ValueError(f"--workdir={workdir}: {probe} is a file, so no directory fits under it.")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"--workdir={workdir}: no permission to write in {probe}.")
+    io.check_output_dir(workdir, "--workdir")
 
 
 def _positive(config, name: str, value, minimum: int = 1) -> None:
