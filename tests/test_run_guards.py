@@ -131,3 +131,22 @@ def test_ctrl_c_stops_like_sigterm_and_a_second_one_at_once():
         assert stop.requested
     finally:
         stop.restore()
+
+
+def test_metrics_continue_from_the_restored_step(tmp_path):
+    from ram_jax.training.metrics import MetricsWriter, read_metrics
+
+    first = MetricsWriter(str(tmp_path))
+    for step in range(6):
+        first.write(step, {"train/loss": float(step)})
+    first.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "train/lo')  # killed mid-write
+    resumed = MetricsWriter(str(tmp_path), start_step=3)
+    assert [m["step"] for m in read_metrics(str(tmp_path))] == [0, 1, 2, 3]
+    assert resumed.has(3, "train/loss") and not resumed.has(4, "train/loss")
+    resumed.write(4, {"train/loss": 4.5})
+    resumed.close()
+    assert [m["train/loss"] for m in read_metrics(str(tmp_path))] == [0, 1, 2, 3, 4.5]
+    MetricsWriter(str(tmp_path), start_step=0).close()  # a fresh start keeps nothing
+    assert read_metrics(str(tmp_path)) == []

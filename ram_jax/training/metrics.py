@@ -5,7 +5,8 @@
 run continues both from the restored step: lines after it (written by the
 interrupted run, and about to be redone) are dropped from `metrics.jsonl`,
 and the new TensorBoard file starts with a purge marker at the next step, so
-TensorBoard hides the old events from there on. Neither shows a step twice.
+TensorBoard hides the old events from there on (a run restarting at step 0
+drops them all). Neither shows a step twice.
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ class MetricsWriter:
 
         path = os.path.join(workdir, METRICS_FILE)
         lines = read_metrics(workdir)
-        kept = [m for m in lines if m.get("step", 0) <= start_step]
+        # A fresh start (step 0) keeps nothing of a run killed before its first checkpoint.
+        kept = [m for m in lines if m.get("step", 0) <= start_step] if start_step > 0 else []
         if os.path.exists(path) and (len(kept) < len(lines) or not _ends_cleanly(path)):
             io.write_jsonl(path, kept)
         self._written = {(m["step"], k) for m in kept for k in m if k != "step"}
-        purge = start_step + 1 if start_step > 0 else None
-        self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"), purge_step=purge)
+        tb = os.path.join(workdir, "tb")
+        purge = start_step + 1 if start_step > 0 else (0 if os.path.isdir(tb) else None)
+        self._tb = SummaryWriter(logdir=tb, purge_step=purge)
         self._jsonl = open(path, "a", encoding="utf-8")
 
     def has(self, step: int, name: str) -> bool:

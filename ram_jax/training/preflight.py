@@ -76,6 +76,8 @@ def check_config(config) -> None:
     lr = config.optimizer.lr
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
         raise ValueError(f"optimizer.lr={lr!r} must be a finite number >= 0.")
+    if config.export and config.export_dir:
+        io.check_output_dir(config.export_dir, "export_dir")
     m = config.model
     if m.init in ("hf", "checkpoint"):
         if not m.path:
