@@ -260,7 +260,8 @@ def test_readme_own_data_commands_run_as_written(quick_demo, tmp_path):
     os.symlink(os.path.join(ROOT, "experiments"), tmp_path / "experiments")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    os.symlink(sys.executable, bin_dir / "python")
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)  # `python` in the README: this interpreter
     env = {
         **_env(),
         "P": str(quick_demo / "proposal" / "export"),
