@@ -205,25 +205,16 @@ def _env():
     return env
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A JAX compilation cache the quick run fills and the README's commands read."""
-    return str(tmp_path_factory.mktemp("jax_cache"))
+# The experiment's default compilation cache, which the README's commands share.
+COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ram_jax", "jax_compilation_cache")
 
 
 @pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory, compile_cache):
+def quick_demo(tmp_path_factory):
     """The `--quick` experiment's output directory."""
     out = tmp_path_factory.mktemp("demo") / "demo"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.demo",
-            f"--out={out}",
-            "--quick",
-            f"--compilation_cache={compile_cache}",
-        ],
+        [sys.executable, "-m", "experiments.demo", f"--out={out}", "--quick"],
         capture_output=True,
         text=True,
         env=_env(),
@@ -261,7 +252,7 @@ def _readme_block(start_marker: str) -> str:
     return body[body.index("```bash\n") + 8 : body.index("\n```", body.index("```bash"))]
 
 
-def test_readme_own_data_commands_run_as_written(quick_demo, compile_cache, tmp_path):
+def test_readme_own_data_commands_run_as_written(quick_demo, tmp_path):
     """README "Run on your own data", verbatim, on the quick demo's proposal and world."""
     world = quick_demo / "world"
     for name, source in (
@@ -282,7 +273,7 @@ def test_readme_own_data_commands_run_as_written(quick_demo, compile_cache, tmp_
         "PYTHONPATH": ROOT,
         # Step 1's batch and step 3's decode settings are the demo's: those
         # compilations come from the quick run's cache.
-        "JAX_COMPILATION_CACHE_DIR": compile_cache,
+        "JAX_COMPILATION_CACHE_DIR": COMPILE_CACHE,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
