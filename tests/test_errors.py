@@ -341,3 +341,21 @@ def test_verbose_adds_the_traceback(paths):
     proc = _run(case, paths)
     assert proc.returncode == 2 and "Traceback" in proc.stderr
     assert proc.stderr.rstrip().endswith("error: --batch_size=0 must be >= 1.")
+
+
+def test_only_worded_errors_lose_their_traceback():
+    import numpy as np
+
+    from ram_jax import cli, io
+
+    def raised(fn):
+        try:
+            fn()
+        except Exception as e:
+            return e
+
+    assert cli.is_user_error(raised(lambda: io.check_output_path(ROOT)))  # ram_jax's ValueError
+    assert cli.is_user_error(raised(lambda: open("/nonexistent/x")))  # OSError: the environment
+    # A ValueError from inside a library, or any other exception, is a bug: traceback kept.
+    assert not cli.is_user_error(raised(lambda: np.random.default_rng(-1)))
+    assert not cli.is_user_error(raised(lambda: {}["x"]))
