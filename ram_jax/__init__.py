@@ -11,10 +11,11 @@ over plain parameter pytrees. The package holds three things and their commands:
   ram_jax.data       training rows, templates, tokenized groups, batches
                      (`ram_jax.datasets`: tfds builders for the paper's datasets)
   ram_jax.planning   per-device memory plans
-  ram_jax.io, ram_jax.sharding, ram_jax.cli
-                     JSON readers / atomic writers, partition rules, command runner
-  commands           python -m ram_jax.{main, generate, sample_proposal, plan,
-                     datasets.prepare}
+  ram_jax.io, ram_jax.resumable, ram_jax.sharding, ram_jax.cli
+                     JSON readers / atomic writers, fingerprinted resumable outputs,
+                     partition rules, command runner (one error path)
+  commands           python -m ram_jax.{main, generate, sample_proposal, build_tokenizer,
+                     plan, datasets.prepare}
 
 The names below are the curated API (`ram_jax.__all__`); they are imported on
 first use, so `import ram_jax` itself stays light.

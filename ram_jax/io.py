@@ -127,11 +127,8 @@ def read_objects(path: str) -> list[tuple[str, dict]]:
     return out
 
 
-def check_output_path(path: str, what: str = "output") -> None:
-    """Refuses, before any work, an output path that cannot be written as a file."""
-    if os.path.isdir(path):
-        raise ValueError(f"{what} {path} is a directory; pass a file path.")
-    folder = os.path.dirname(os.path.abspath(path))
+def _check_creatable(path: str, what: str, folder: str) -> None:
+    """`folder` exists as a writable directory, or can be made under one."""
     probe = folder
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
@@ -139,6 +136,24 @@ def check_output_path(path: str, what: str = "output") -> None:
         raise ValueError(f"{what} {path}: {probe} is a file, so no folder can be made under it.")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path}: no permission to write in {probe}.")
+
+
+def check_output_path(path: str, what: str = "output") -> None:
+    """Refuses, before any work, an output path that cannot be written as a file."""
+    if not path:
+        raise ValueError(f"{what} is empty; pass a file path.")
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path} is a directory; pass a file path.")
+    _check_creatable(path, what, os.path.dirname(os.path.abspath(path)))
+
+
+def check_output_dir(path: str, what: str = "output directory") -> None:
+    """Refuses, before any work, a path that cannot be (or become) a writable directory."""
+    if not path:
+        raise ValueError(f"{what} is empty; pass a directory.")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{what} {path} is a file; pass a directory (new or existing).")
+    _check_creatable(path, what, os.path.abspath(path))
 
 
 def _umask_mode() -> int:

@@ -18,6 +18,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from ram_jax import cli
+from ram_jax.training import preflight
 
 FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
 _CONFIG = config_flags.DEFINE_config_file(
@@ -56,6 +57,10 @@ class _QuietLibraries(logging.Filter):
 
 def main(argv):
     del argv
+    config = cli.config_value(_CONFIG)
+    # Flags, paths and config fields first: their errors come before JAX is imported.
+    preflight.check_workdir(_WORKDIR.value)
+    preflight.check_config(config)
     import jax
 
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -64,7 +69,7 @@ def main(argv):
         jax.distributed.initialize()
     from ram_jax.training import loop as train_loop
 
-    train_loop.run(_CONFIG.value, _WORKDIR.value)
+    train_loop.run(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

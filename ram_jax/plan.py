@@ -13,7 +13,7 @@ from ml_collections import config_flags
 
 from ram_jax import cli
 from ram_jax import sharding as shd
-from ram_jax.models.config import get_preset
+from ram_jax.models.config import PRESETS, get_preset
 from ram_jax.planning import report
 from ram_jax.planning.memory import DEVICES, decode_memory, parse_mesh
 
@@ -34,22 +34,40 @@ _BATCH = flags.DEFINE_integer("batch", 32, "Decoding batch.", flag_values=FLAGS)
 _LENGTH = flags.DEFINE_integer(
     "length", 2048, "Decoding cache slots (prompt + new tokens).", flag_values=FLAGS
 )
-_DECODE_DTYPE = flags.DEFINE_string(
-    "decode_dtype", "bfloat16", "Weights and cache dtype for decoding.", flag_values=FLAGS
+_DECODE_DTYPE = flags.DEFINE_enum(
+    "decode_dtype",
+    "bfloat16",
+    ["bfloat16", "float16", "float32"],
+    "Weights and cache dtype for decoding.",
+    flag_values=FLAGS,
 )
 _TABLE = flags.DEFINE_bool(
     "table", False, "Print the README table for the paper's pairs.", flag_values=FLAGS
 )
 
 
+def _presets(pair: str) -> tuple[str, str]:
+    """(proposal, aligner or '') preset names of --decode, each checked."""
+    big, _, small = pair.partition("+")
+    for name in filter(None, (big, small)):
+        if name not in PRESETS:
+            raise app.UsageError(
+                f"--decode={pair}: unknown preset {name!r}; choose from {sorted(PRESETS)}."
+            )
+    return big, small
+
+
 def main(argv):
     del argv
+    for name, value in (("batch", _BATCH.value), ("length", _LENGTH.value)):
+        if value < 1:
+            raise app.UsageError(f"--{name}={value} must be >= 1.")
     device = DEVICES[_DEVICE.value]
     if _TABLE.value:
         print(report.markdown_table(_BATCH.value, _LENGTH.value))
         return
     if _DECODE.value:
-        big, _, small = _DECODE.value.partition("+")
+        big, small = _presets(_DECODE.value)
         mesh = parse_mesh(_MESH.value or "fsdp=-1", device.chips)
         m = decode_memory(
             get_preset(big),
@@ -65,9 +83,9 @@ def main(argv):
             )
         )
         return
-    config = _CONFIG.value
-    if config is None:
+    if _CONFIG.value is None:
         raise app.UsageError("pass --config=FILE, --decode=BIG+SMALL or --table.")
+    config = cli.config_value(_CONFIG)
     mesh_text = _MESH.value or ",".join(f"{a}={config.mesh[a]}" for a in shd.MESH_AXES)
     mesh = parse_mesh(mesh_text, device.chips)
     m = report.plan_training(config, device, mesh)

@@ -38,7 +38,7 @@ def test_subpackages_hold_their_modules():
             module = importlib.import_module(f"ram_jax.{package}.{name}")
             assert isinstance(module, types.ModuleType), (package, name)
     # The commands stay at the top: `python -m ram_jax.X`.
-    for command in ("main", "generate", "sample_proposal", "plan"):
+    for command in ("main", "generate", "sample_proposal", "build_tokenizer", "plan"):
         assert importlib.util.find_spec(f"ram_jax.{command}") is not None, command
 
 
@@ -52,6 +52,21 @@ def test_top_level_import_stays_light():
     loaded = _fresh_modules("import ram_jax")
     heavy = ("torch", "transformers", "tensorflow_datasets", "orbax", "flax", "jax")
     assert not [m for m in loaded if m.split(".")[0] in heavy], loaded
+
+
+def test_commands_check_their_input_before_importing_jax():
+    # Bad flags and files are reported before the seconds JAX takes to import.
+    for module in (
+        "ram_jax.main",
+        "ram_jax.sample_proposal",
+        "ram_jax.build_tokenizer",
+        "ram_jax.datasets.prepare",
+        "ram_jax.training.preflight",
+        "ram_jax.resumable",
+    ):
+        loaded = _fresh_modules(f"import {module}")
+        heavy = ("jax", "orbax", "flax", "tensorflow_datasets")
+        assert not [m for m in loaded if m.split(".")[0] in heavy], module
 
 
 def test_losses_and_data_import_no_model_code():

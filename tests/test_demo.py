@@ -196,18 +196,36 @@ CLOSE_TO_PROPOSAL_SFT = 0.15
 TTFT_FRACTION_OF_CORRECTOR = 0.5
 
 
-def test_quick_run_reproduces_the_claims(tmp_path):
-    out = tmp_path / "demo"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)  # the experiment runs on one CPU device
+    return env
+
+
+# The experiment's default compilation cache, which the README's commands share.
+COMPILE_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ram_jax", "jax_compilation_cache")
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """The `--quick` experiment's output directory."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.demo", f"--out={out}", "--quick"],
         capture_output=True,
         text=True,
-        env=env,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=_env(),
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_quick_run_reproduces_the_claims(quick_demo):
+    out = quick_demo
     res = json.loads((out / "results.json").read_text())
     m = res["methods"]
     for name in ("proposal", "aligner", "proposal_sft", "corrector", "ram_product"):
@@ -225,3 +243,58 @@ def test_quick_run_reproduces_the_claims(tmp_path):
     assert ram["ttft_seconds"] < TTFT_FRACTION_OF_CORRECTOR * m["corrector"]["ttft_seconds"], m
     assert "| ram_product |" in (out / "results.md").read_text()
     assert (out / "accuracy_vs_style.png").stat().st_size > 0
+
+
+def _readme_block(start_marker: str) -> str:
+    """The first ```bash block after `start_marker` in the README."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    body = text[text.index(start_marker) :]
+    return body[body.index("```bash\n") + 8 : body.index("\n```", body.index("```bash"))]
+
+
+def test_readme_own_data_commands_run_as_written(quick_demo, tmp_path):
+    """README "Run on your own data", verbatim, on the quick demo's proposal and world."""
+    world = quick_demo / "world"
+    for name, source in (
+        ("aligned.jsonl", "aligned.jsonl"),
+        ("eval.jsonl", "eval_prompts.jsonl"),
+        ("corpus.jsonl", "base.jsonl"),
+    ):
+        (tmp_path / name).write_bytes((world / source).read_bytes())
+    os.symlink(os.path.join(ROOT, "experiments"), tmp_path / "experiments")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)  # `python` in the README: this interpreter
+    env = {
+        **_env(),
+        "P": str(quick_demo / "proposal" / "export"),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": ROOT,
+        # Step 1's batch and step 3's decode settings are the demo's: those
+        # compilations come from the quick run's cache.
+        "JAX_COMPILATION_CACHE_DIR": COMPILE_CACHE,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    # The scratch block's tokenizer command (its proposal stage is the demo's own).
+    scratch = _readme_block("**A proposal from scratch.**").split("\npython -m ram_jax.main")[0]
+    commands = _readme_block("<!-- own-data commands: begin -->")
+    for script in (scratch, commands):
+        proc = subprocess.run(
+            ["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, script + proc.stdout[-2000:] + proc.stderr[-3000:]
+    from ram_jax.models.tokenizer import load_tokenizer, tokenizer_length
+
+    assert 300 < tokenizer_length(load_tokenizer(str(tmp_path / "tokenizer.json"))) <= 512
+    aligned = [json.loads(x) for x in open(tmp_path / "aligned.jsonl")]
+    sampled = [json.loads(x) for x in open(tmp_path / "aligned_sampled.jsonl")]
+    assert [r["prompt"] for r in sampled] == [r["prompt"] for r in aligned]
+    assert all(len(r["sampling"]) == 4 for r in sampled)
+    summary = json.loads((tmp_path / "runs/my_aligner/summary.json").read_text())
+    assert summary["step"] == 200 and summary["export_dir"].endswith("export")
+    outputs = json.loads((tmp_path / "outputs.json").read_text())
+    prompts = [json.loads(x)["instruction"] for x in open(tmp_path / "eval.jsonl")]
+    assert [o["instruction"] for o in outputs] == prompts
+    assert all(isinstance(o["output"], str) for o in outputs)

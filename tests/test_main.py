@@ -1,8 +1,16 @@
-"""`python -m ram_jax.main` end to end: smoke training, exact kill-and-resume, failures."""
+"""`python -m ram_jax.main` end to end: smoke training, exact kill-and-resume, failures.
 
+Also what a rerun finds: damaged checkpoints (set aside, the previous step
+restored), a finished workdir (untouched), a locked workdir (refused), and
+metrics that continue without repeats.
+"""
+
+import glob
 import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -43,6 +51,7 @@ def _command(workdir, *overrides):
         "--config=experiments/configs/smoke.py",
         f"--workdir={workdir}",
         "--config.checkpoint_every=10",
+        "--config.keep_checkpoints=4",
         *overrides,
     ]
 
@@ -51,6 +60,13 @@ def _run(workdir, *overrides):
     return subprocess.run(
         _command(workdir, *overrides), cwd=ROOT, env=ENV, capture_output=True, text=True
     )
+
+
+def _copy(workdir, tmp_path, name="copy"):
+    """A copy of a workdir (file times kept) to rerun without touching the original."""
+    target = str(tmp_path / name)
+    shutil.copytree(workdir, target, copy_function=shutil.copy2)
+    return target
 
 
 def _metrics(workdir):
@@ -146,7 +162,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(train_loop.NonFiniteLossError) as e:
         train_loop.run(config, str(tmp_path))
     assert "non-finite training loss" in str(e.value) and "at step 2" in str(e.value)
-    assert "last good checkpoint (step 1)" in str(e.value)
+    assert "latest checkpoint, step 1 in" in str(e.value)
+    assert "its loss was finite when saved" in str(e.value)
     c = ckpt.Checkpointer(str(tmp_path))
     assert c.all_steps() == [1]
     c.close()
@@ -196,3 +213,115 @@ def test_smoke_export_stops_at_the_trained_eos_under_transformers(uninterrupted)
     assert len(new[0]) < 48  # and generate stopped there instead of running to the limit
     answers = [tok.decode(row[:e]) for row, e in zip(new, ends, strict=True)]
     assert sum(a.startswith("Thank you for asking!") for a in answers) >= 6, answers
+
+
+def _largest_file(step_dir):
+    files = [f for f in glob.glob(f"{step_dir}/state/**", recursive=True) if os.path.isfile(f)]
+    return max(files, key=os.path.getsize)
+
+
+def _tb_events(workdir):
+    """(file, [(step, tag or 'purge')]) per TensorBoard event file, in file order."""
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(glob.glob(f"{workdir}/tb/events.out.tfevents*")):
+        data, events, i = open(path, "rb").read(), [], 0
+        while i < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            e = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+            i += 16 + n
+            if e.HasField("session_log"):
+                events.append((e.step, "purge"))
+            events += [(e.step, v.tag) for v in e.summary.value]
+        out.append(events)
+    return out
+
+
+def _without_timing(metrics):
+    return [{k: v for k, v in m.items() if k != "train/tokens_per_s"} for m in metrics]
+
+
+def test_damaged_checkpoints_are_set_aside_and_the_run_ends_as_uninterrupted(
+    uninterrupted, tmp_path
+):
+    workdir = _copy(uninterrupted[0], tmp_path)
+    assert ckpt.Checkpointer(workdir).all_steps() == [30, 40, 50, 60]
+    # One damage per step: a bit flip (60), a truncated file (50), a deleted file (40).
+    flip = _largest_file(f"{workdir}/checkpoints/60")
+    data = bytearray(open(flip, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    open(flip, "wb").write(bytes(data))
+    cut = _largest_file(f"{workdir}/checkpoints/50")
+    os.truncate(cut, os.path.getsize(cut) // 2)
+    os.remove(_largest_file(f"{workdir}/checkpoints/40"))
+    os.remove(f"{workdir}/summary.json")
+    shutil.rmtree(f"{workdir}/export")
+
+    result = _run(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    err = result.stderr
+    assert "checkpoint step 60 in" in err and "does not match its checksum" in err
+    assert "checkpoint step 50 in" in err and "bytes," in err
+    assert "checkpoint step 40 in" in err and "is missing" in err
+    assert "resuming from step 30 instead of the newer damaged step(s)" in err
+    assert sorted(os.listdir(f"{workdir}/damaged_checkpoints")) == ["40", "50", "60"]
+    # The same export, and the same metrics without a repeated step.
+    _, want = load_hf(os.path.join(uninterrupted[0], "export"))
+    _, got = load_hf(os.path.join(workdir, "export"))
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _without_timing(_metrics(workdir)) == _without_timing(_metrics(uninterrupted[0]))
+    # TensorBoard: the resumed run's file starts by purging the redone steps (31 on).
+    old, new = _tb_events(workdir)
+    assert new[0] == (31, "purge") and min(s for s, t in new if t != "purge") == 40
+    assert max(s for s, _ in old) == 60
+
+
+def test_a_finished_workdir_is_left_untouched(uninterrupted, tmp_path):
+    workdir = _copy(uninterrupted[0], tmp_path)
+
+    def snapshot():  # every file but the lock, which names its latest holder
+        return {
+            f: (os.stat(f).st_mtime_ns, open(f, "rb").read())
+            for f in glob.glob(f"{workdir}/**", recursive=True)
+            if os.path.isfile(f) and not f.endswith("/.lock")
+        }
+
+    before = snapshot()
+    result = _run(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "already finished 60 steps" in result.stdout
+    assert snapshot() == before
+
+
+def test_a_second_run_on_a_locked_workdir_is_refused(uninterrupted, tmp_path):
+    from ram_jax.training.workdir_lock import WorkdirLock
+
+    workdir = _copy(uninterrupted[0], tmp_path)
+    with WorkdirLock(workdir):
+        result = _run(workdir)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"error: --workdir={workdir} is in use by another training run (pid {os.getpid()}" in (
+        result.stderr
+    )
+    # A lock whose holder died is taken over.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from ram_jax.training.workdir_lock import WorkdirLock; "
+            f"WorkdirLock({workdir!r}).acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(ValueError, match=f"pid {holder.pid} on"):
+        WorkdirLock(workdir).acquire()
+    holder.kill()
+    holder.wait()
+    with WorkdirLock(workdir):
+        pass

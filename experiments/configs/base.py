@@ -125,6 +125,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.prompt_template = "{prompt}"
     c.data.max_length = 2048  # prompt + response tokens (EOS included).
     c.data.max_prompt_length = 1024  # prompts are left-truncated (their end is kept).
+    # Training refuses to start when more than this fraction of the examples
+    # have a response cut by max_length (losing its end-of-answer token); every
+    # cut, prompts included, is reported. 1.0 accepts any amount.
+    c.data.max_truncated_fraction = 0.05
     c.data.bucket_min = 64  # pad each batch to the next power of two >= this (<= max_length).
     c.data.shuffle = True  # seed-determined permutation, a new one each epoch.
     # Start every prompt with the tokenizer's BOS: None does what transformers'

@@ -4,7 +4,7 @@ tokenized groups, deterministic batches."""
 from ram_jax.data.pipeline import Batches, DataIterator, eval_batches
 from ram_jax.data.rows import DataError, Row
 from ram_jax.data.sources import read_rows
-from ram_jax.data.tokenize import Examples, required_fields, tokenize_rows
+from ram_jax.data.tokenize import Examples, check_truncation, required_fields, tokenize_rows
 
 __all__ = [
     "Batches",
@@ -12,6 +12,7 @@ __all__ = [
     "DataIterator",
     "Examples",
     "Row",
+    "check_truncation",
     "eval_batches",
     "read_rows",
     "required_fields",

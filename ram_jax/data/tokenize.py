@@ -10,13 +10,17 @@ whole sequence fits `max_length` (RAM.md section 2).
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from ram_jax.data import templates
 from ram_jax.data.rows import DataError, Row
-from ram_jax.training.losses import Objective
+
+if TYPE_CHECKING:  # the data pipeline itself never needs JAX
+    from tokenizers import Tokenizer
+
+    from ram_jax.training.losses import Objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +29,10 @@ class Examples:
 
     sequences: list[list[np.ndarray]]
     prompt_lengths: np.ndarray
+    # What `max_prompt_length` / `max_length` cut, per example (None: not recorded).
+    prompt_cut: np.ndarray | None = None  # bool: the prompt lost its beginning
+    response_cut: np.ndarray | None = None  # bool: a response lost its end (and its EOS)
+    full_lengths: np.ndarray | None = None  # int: the longest sequence before cutting
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -32,6 +40,16 @@ class Examples:
     @property
     def group_size(self) -> int:
         return len(self.sequences[0]) if self.sequences else 0
+
+    def response_lengths(self) -> np.ndarray:
+        """`[N, G]` response tokens per sequence (EOS included), after cutting."""
+        return np.asarray(
+            [
+                [len(s) - p for s in g]
+                for g, p in zip(self.sequences, self.prompt_lengths, strict=True)
+            ],
+            np.float64,
+        ).reshape(len(self), self.group_size)
 
 
 def responses_for(row: Row, objective: Objective, negatives: str) -> list[str]:
@@ -102,24 +120,86 @@ def tokenize_rows(
                     f"template renders; set data.prompt_template='chat' (got {prompt_template!r})."
                 )
     groups = [responses_for(r, objective, negatives) for r in rows]
+    prompts = [r.prompt for r in rows]
     prompt_ids = templates.encode_prompts(
         tok,
-        [r.prompt for r in rows],
+        prompts,
         prompt_template,
         bos_id=bos_id,
         max_length=max_prompt_length,
         chat_template=chat_template,
         special_tokens=special_tokens,
     )
+    # Untruncated prompt lengths, only to report what the cut removed.
+    full_prompts = [
+        len(p)
+        for p in templates.encode_prompts(
+            tok,
+            prompts,
+            prompt_template,
+            bos_id=bos_id,
+            chat_template=chat_template,
+            special_tokens=special_tokens,
+        )
+    ]
     flat = [resp for g in groups for resp in g]
     response_ids = tok.encode_batch(flat, add_special_tokens=False)
-    sequences, lengths, j = [], [], 0
-    for ids in prompt_ids:
-        group = []
+    sequences, lengths, response_cut, full_lengths, j = [], [], [], [], 0
+    for ids, full_prompt in zip(prompt_ids, full_prompts, strict=True):
+        group, cut, longest = [], False, 0
         for _ in range(objective.group_size):
             resp = response_ids[j].ids + [eos_id]
             j += 1
-            group.append(np.asarray(ids + resp[: max_length - len(ids)], np.int32))
+            room = max_length - len(ids)
+            cut |= len(resp) > room
+            longest = max(longest, full_prompt + len(resp))
+            group.append(np.asarray(ids + resp[:room], np.int32))
         sequences.append(group)
         lengths.append(len(ids))
-    return Examples(sequences, np.asarray(lengths, np.int32))
+        response_cut.append(cut)
+        full_lengths.append(longest)
+    return Examples(
+        sequences,
+        np.asarray(lengths, np.int32),
+        prompt_cut=np.asarray(full_prompts) > np.asarray(lengths),
+        response_cut=np.asarray(response_cut, bool),
+        full_lengths=np.asarray(full_lengths, np.int64),
+    )
+
+
+def check_truncation(
+    examples: Examples,
+    rows: list[Row],
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    limit: float,
+    what: str = "data.train_file",
+) -> str:
+    """Reports what the length limits cut; raises DataError if responses lost their end too often.
+
+    A cut prompt keeps its end (the reference's left truncation), so it is
+    only reported. A cut response loses its EOS, so the model never sees that
+    answer end: more than `limit` (a fraction of the examples) is refused.
+    Returns the one-line report ('' when nothing was cut).
+    """
+    n = len(examples)
+    prompts = int(np.sum(examples.prompt_cut))
+    responses = int(np.sum(examples.response_cut))
+    if not prompts and not responses:
+        return ""
+    first = rows[int(np.argmax(examples.response_cut if responses else examples.prompt_cut))]
+    report = (
+        f"{what}: {responses} of {n} examples ({responses / n:.1%}) had a response cut at "
+        f"data.max_length={max_length} (its end-of-answer token lost), and {prompts} "
+        f"({prompts / n:.1%}) a prompt cut to its last data.max_prompt_length="
+        f"{max_prompt_length} tokens; first at {first.where}; the longest example needs "
+        f"{int(np.max(examples.full_lengths))} tokens."
+    )
+    if responses / n > limit:
+        raise DataError(
+            f"{report} That is above data.max_truncated_fraction={limit}: raise data.max_length "
+            "(and data.max_prompt_length), or accept the cuts with "
+            f"--config.data.max_truncated_fraction={responses / n:.2f}."
+        )
+    return report

@@ -30,14 +30,15 @@ import time
 from absl import app, flags, logging
 
 from ram_jax import cli, datasets, io
-from ram_jax.datasets import correction, manual
+from ram_jax.data import templates
+from ram_jax.datasets import DATASET_NAMES, correction, manual
 
 FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
 _MODE = flags.DEFINE_enum(
     "mode", "build", ["build", "correction", "export"], "What to do.", flag_values=FLAGS
 )
 _DATASET = flags.DEFINE_enum(
-    "dataset", None, sorted(datasets.BUILDERS), "Dataset (mode build).", flag_values=FLAGS
+    "dataset", None, list(datasets.DATASET_NAMES), "Dataset (mode build).", flag_values=FLAGS
 )
 _CONFIG = flags.DEFINE_string(
     "config", None, "Builder config, e.g. all, helpful-base, sft.", flag_values=FLAGS
@@ -129,6 +130,8 @@ def export_outputs(outputs: list[dict], instructions: list[dict], generator: str
     for i, (o, ref) in enumerate(zip(outputs, instructions, strict=True)):
         if not isinstance(o.get("output"), str):
             raise ValueError(f"output record {i} has no string 'output'.")
+        if not isinstance(ref.get("instruction"), str):
+            raise ValueError(f"eval prompt record {i} has no string 'instruction'.")
         rec = {"instruction": ref["instruction"], "output": o["output"], "generator": generator}
         if "dataset" in ref:
             rec["dataset"] = ref["dataset"]
@@ -136,15 +139,31 @@ def export_outputs(outputs: list[dict], instructions: list[dict], generator: str
     return out
 
 
-def main(argv):
-    del argv
+def _check_flags() -> None:
+    """The flags each mode needs, and a writable --output, before any dataset is read."""
     if not _OUTPUT.value:
         raise app.UsageError("--output is required.")
+    io.check_output_path(_OUTPUT.value, "--output")
+    if _LIMIT.value < 0:
+        raise app.UsageError(f"--limit={_LIMIT.value} must be >= 0 (0: all rows).")
+    if _MODE.value == "build" and not _DATASET.value:
+        raise app.UsageError(f"--dataset is required in mode build; one of {DATASET_NAMES}.")
+    if _MODE.value == "correction" and not _INPUT.value:
+        raise app.UsageError("--input is required in mode correction.")
+    if _MODE.value == "export" and not (
+        _INPUT.value and _INSTRUCTIONS_FROM.value and _GENERATOR.value
+    ):
+        raise app.UsageError("mode export needs --input, --instructions_from and --generator.")
+    if _MODE.value == "correction":
+        templates.resolve(_TEMPLATE.value)
+
+
+def main(argv):
+    del argv
+    _check_flags()
     t0 = time.time()
     out = _OUTPUT.value
     if _MODE.value == "build":
-        if not _DATASET.value:
-            raise app.UsageError("--dataset is required in mode build.")
         rows = build_rows(
             _DATASET.value,
             _CONFIG.value,
@@ -169,8 +188,6 @@ def main(argv):
             io.write_json(out, recs)
             n = len(recs)
     elif _MODE.value == "correction":
-        if not _INPUT.value:
-            raise app.UsageError("--input is required in mode correction.")
         records = _objects(_INPUT.value)
         if records and "prompt" in records[0]:
             rows = list(
@@ -184,8 +201,6 @@ def main(argv):
             io.write_json(out, recs)
             n = len(recs)
     else:
-        if not (_INPUT.value and _INSTRUCTIONS_FROM.value and _GENERATOR.value):
-            raise app.UsageError("mode export needs --input, --instructions_from and --generator.")
         recs = export_outputs(
             _objects(_INPUT.value), _objects(_INSTRUCTIONS_FROM.value), _GENERATOR.value
         )

@@ -1,17 +1,23 @@
 """The training run behind `python -m ram_jax.main`: build everything from a config, loop.
 
-Rerunning the same command resumes from the latest checkpoint in the workdir
-(state, data position), so an uninterrupted run and a killed-and-resumed one
-end with bitwise equal parameters. Host/device discipline: step n+1 is
-dispatched before step n's metrics are fetched, so the host never stalls the
-accelerator except at logging, evaluation and checkpoint boundaries.
+Rerunning the same command resumes from the latest intact checkpoint in the
+workdir (state, data position), so an uninterrupted run and a killed-and-resumed
+one end with bitwise equal parameters; `metrics.jsonl` and TensorBoard continue
+from the restored step. A finished workdir is left untouched. The workdir is
+locked for the run (`workdir_lock`); SIGTERM and Ctrl-C save a checkpoint and
+stop. Hyperparameters a resume may change (learning rate, schedule,
+`num_steps`, ...: `checkpoint.HPARAM_FIELDS`) are logged as deliberate changes
+and apply from the restored step on; `num_steps` below the restored step is
+refused. Host/device discipline: step n+1 is dispatched before step n's
+metrics are fetched, so the host never stalls the accelerator except at
+logging, evaluation and checkpoint boundaries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import signal
 import time
 
 import jax
@@ -30,15 +36,17 @@ from ram_jax.models.tokenizer import (
 )
 from ram_jax.models.tokenizer_config import load_tokenizer_config
 from ram_jax.training import checkpoint as ckpt
-from ram_jax.training import optim
+from ram_jax.training import optim, preflight, resume
 from ram_jax.training import step as train
+from ram_jax.training.diagnostics import non_finite_message, zero_signal_warning
 from ram_jax.training.losses import Objective
 from ram_jax.training.metrics import MetricsWriter
 from ram_jax.training.model import build_model, reference_model
+from ram_jax.training.workdir_lock import WorkdirLock
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
+    """The loss became NaN or inf; the checkpoints saved with a finite loss are kept."""
 
 
 def load_examples(config, tok, objective, eos_id, bos_id=None, tokenizer_config=None):
@@ -59,20 +67,35 @@ def load_examples(config, tok, objective, eos_id, bos_id=None, tokenizer_config=
         n_eval = max(1, int(round(d.eval_fraction * len(rows))))
         eval_rows = [rows[i] for i in order[:n_eval]]
         rows = [rows[i] for i in sorted(order[n_eval:])]
-    tokenize = lambda rs: data_lib.tokenize_rows(
-        rs,
-        tok,
-        objective,
-        eos_id=eos_id,
-        max_length=d.max_length,
-        max_prompt_length=d.max_prompt_length,
-        negatives=config.objective.negatives,
-        prompt_template=d.prompt_template,
-        bos_id=bos_id,
-        chat_template=tokenizer_config.chat_template if tokenizer_config else None,
-        special_tokens=tokenizer_config.special_tokens if tokenizer_config else None,
-    )
-    return tokenize(rows), (tokenize(eval_rows) if eval_rows else None)
+
+    def tokenize(rs, what):
+        examples = data_lib.tokenize_rows(
+            rs,
+            tok,
+            objective,
+            eos_id=eos_id,
+            max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length,
+            negatives=config.objective.negatives,
+            prompt_template=d.prompt_template,
+            bos_id=bos_id,
+            chat_template=tokenizer_config.chat_template if tokenizer_config else None,
+            special_tokens=tokenizer_config.special_tokens if tokenizer_config else None,
+        )
+        report = data_lib.check_truncation(
+            examples,
+            rs,
+            max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length,
+            limit=d.max_truncated_fraction,
+            what=what,
+        )
+        if report:
+            logging.warning("%s", report)
+        return examples
+
+    train_ex = tokenize(rows, f"data.train_file {d.train_file}")
+    return train_ex, (tokenize(eval_rows, "eval rows") if eval_rows else None)
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
@@ -81,27 +104,17 @@ def total_steps(config, steps_per_epoch: int) -> int:
     return max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop polls, so it can save before exiting."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handler)
-
-    def _handler(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
-
-
 def run(config, workdir: str) -> dict:
     """Trains per `config` in `workdir`; returns the final metrics summary."""
-    t_start = time.time()
+    preflight.check_workdir(workdir)
+    preflight.check_config(config)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if not config.tokenizer:
-        raise ValueError("config.tokenizer is empty; pass a tokenizer.json or HF model directory.")
+    with WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+        return _run(config, workdir, is_main)
+
+
+def _run(config, workdir: str, is_main: bool) -> dict:
+    t_start = time.time()
     tok = load_tokenizer(config.tokenizer)
     tok_config = load_tokenizer_config(config.tokenizer, tok)
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
@@ -144,10 +157,25 @@ def run(config, workdir: str) -> dict:
     meta = ckpt.make_meta(model.config, config, train_examples=len(train_ex))
     checkpointer = ckpt.Checkpointer(workdir, keep=config.keep_checkpoints)
     iterator = data_lib.DataIterator(batches)
+    latest = checkpointer.latest_step()
+    finished = resume.finished_summary(workdir, latest, steps)
+    if finished is not None and checkpointer.intact(latest):
+        ckpt.check_compatible(checkpointer.read_meta(latest), meta, checkpointer.directory)
+        checkpointer.close()
+        print(f"{workdir} already finished {steps} steps (summary.json); nothing to do.")
+        return finished
+    resumed_from = None
     if checkpointer.latest_step() is not None:
         state, data_state = checkpointer.restore(abstract, shardings, meta)
         iterator.restore(data_state)
-        logging.info("resumed from step %d in %s", int(state.step), checkpointer.directory)
+        resumed_from = int(jax.device_get(state.step))
+        if resumed_from > steps:
+            checkpointer.close()
+            raise ValueError(
+                f"{workdir} holds a checkpoint at step {resumed_from}, past num_steps={steps}; "
+                f"pass --config.num_steps={resumed_from} or more, or use a new --workdir."
+            )
+        logging.info("resumed from step %d in %s", resumed_from, checkpointer.directory)
     else:
         state = model.initial_state(optimizer, shardings)
     ref_config, ref_params, ref_shardings = None, None, None
@@ -201,26 +229,27 @@ def run(config, workdir: str) -> dict:
                 sums[k] = sums.get(k, 0.0) + float(v)
         return train.finish_eval(numer, denom, sums)
 
-    writer = MetricsWriter(workdir, enabled=is_main)
     start = int(jax.device_get(state.step))
-    preempt = _Preemption()
+    writer = MetricsWriter(workdir, enabled=is_main, start_step=start)
+    preempt = resume.Preemption()
     last_saved = checkpointer.latest_step()
     pending = None  # (step, metrics on device, tokens) of the last dispatched step
     last_train: dict[str, float] = {}
     window_tokens, window_t0 = 0, time.time()
+    # The first logged steps are checked for a loss that cannot train anything.
+    check_until = start + max(config.log_every, 1)
 
     def fetch(p):
         """Host copy of a step's metrics; stops the run on a non-finite loss."""
-        nonlocal last_train, window_tokens, window_t0
+        nonlocal last_train, window_tokens, window_t0, check_until
         step, metrics_dev, tokens = p
         metrics = {k: float(v) for k, v in jax.device_get(metrics_dev).items()}
         if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
-            raise NonFiniteLossError(
-                f"non-finite training loss {metrics['loss']} (grad norm {metrics['grad_norm']}) "
-                f"at step {step}; stopping. The last good checkpoint (step {last_saved}) in "
-                f"{checkpointer.directory} is kept. Lower optimizer.lr, set optimizer.clip_norm, "
-                "or check the data."
-            )
+            raise NonFiniteLossError(non_finite_message(step, metrics, checkpointer, last_saved))
+        if step <= check_until and 0.0 in (metrics["loss"], metrics["grad_norm"]):
+            advice = zero_signal_warning(objective, metrics, step, train_ex.response_lengths())
+            logging.warning("%s", advice)
+            check_until = 0  # once is enough
         last_train = metrics
         window_tokens += tokens
         if config.log_every and step % config.log_every == 0 or step == steps:
@@ -231,8 +260,9 @@ def run(config, workdir: str) -> dict:
             window_tokens, window_t0 = 0, time.time()
 
     def save(current_state):
+        """Saves the state of the last fetched step, with its (finite) loss."""
         nonlocal last_saved
-        checkpointer.save(current_state, iterator.state(), meta)
+        checkpointer.save(current_state, iterator.state(), meta, loss=last_train.get("loss"))
         last_saved = int(jax.device_get(current_state.step))
 
     bar = tqdm(
@@ -262,7 +292,10 @@ def run(config, workdir: str) -> dict:
                 save(state)
             if stop:
                 preempted = True
-                logging.warning("preempted at step %d; rerun the same command to resume.", step)
+                logging.warning(
+                    "preempted at step %d (checkpoint saved); rerun the same command to resume.",
+                    step,
+                )
                 break
         if pending is not None:
             fetch(pending)
@@ -275,12 +308,16 @@ def run(config, workdir: str) -> dict:
         checkpointer.close()
         writer.close()
         return {"preempted_at": last_saved}
-    save(state)
-    eval_metrics = evaluate(state.params)
     final_step = int(jax.device_get(state.step))
-    if eval_metrics:
+    # The final eval is logged before the final save, so a run killed between
+    # the two redoes it from the previous checkpoint instead of writing it twice.
+    eval_metrics = {}
+    if eval_ex is not None and not writer.has(final_step, "eval/loss"):
+        eval_metrics = evaluate(state.params)
         writer.write(final_step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+    save(state)
     checkpointer.close()
+    train_loss = last_train.get("loss", checkpointer.saved_loss(final_step))
     export_dir = ""
     if config.export:
         export_dir = config.export_dir or os.path.join(workdir, "export")
@@ -288,13 +325,13 @@ def run(config, workdir: str) -> dict:
     writer.close()
     summary = {
         "step": final_step,
-        "train_loss": last_train.get("loss"),
-        "eval_loss": eval_metrics.get("loss"),
+        "train_loss": train_loss,
+        "eval_loss": eval_metrics.get("loss", resume.logged(workdir, final_step, "eval/loss")),
         "seconds": time.time() - t_start,
         "export_dir": export_dir,
     }
     if is_main:
-        io.write_json(os.path.join(workdir, "summary.json"), summary)
+        io.write_json(os.path.join(workdir, resume.SUMMARY_FILE), summary)
         print(
             f"done: {final_step} steps in {summary['seconds']:.1f}s, train loss "
             f"{summary['train_loss']}, eval loss {summary['eval_loss']}, export {export_dir or '-'}"
