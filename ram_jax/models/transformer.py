@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ram_jax.models import attention as attn
 from ram_jax.models.cache import KVCache, positions_from_mask
 from ram_jax.models.config import ModelConfig
 from ram_jax.models.rope import apply_rope, inverse_frequencies
@@ -68,65 +69,38 @@ class Attention(nnx.Module):
         self.o_proj = _linear(cfg, n * h, d, rngs)
         self.cfg = cfg
 
-    def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv, layer, inv_freq):
+    def __call__(self, x_BxTxD, positions_BxT, mask, kv, layer, inv_freq, attention):
         cfg = self.cfg
         b, t, _ = x_BxTxD.shape
         n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q = apply_rope(self.q_proj(x_BxTxD).reshape(b, t, n, h), positions_BxT, inv_freq)
         new_k = apply_rope(self.k_proj(x_BxTxD).reshape(b, t, k, h), positions_BxT, inv_freq)
         new_v = self.v_proj(x_BxTxD).reshape(b, t, k, h)
+        if kv is None:
+            out = attn.self_attention(q, new_k, new_v, mask, implementation=attention)
+            return self.o_proj(out.reshape(b, t, n * h)), kv
         # The cache layouts: keys [B, K, H, S], values [B, K, S, H], so both
         # attention matmuls read the cache without a transpose.
         new_k, new_v = new_k.transpose(0, 2, 3, 1), new_v.transpose(0, 2, 1, 3)
-        if kv is None:
-            keys_BxKxHxS, values_BxKxSxH = new_k, new_v
+        # Write this block's keys/values into the cache in place, then read the
+        # layer's full history back: its own arrays (unrolled layers, `layer`
+        # None) or its slice of the stacked ones.
+        k_all, v_all, index = kv
+        at = () if layer is None else (layer,)
+        lead = (lambda x: x) if layer is None else (lambda x: x[None])
+        k_all = jax.lax.dynamic_update_slice(
+            k_all, lead(new_k).astype(k_all.dtype), (*at, 0, 0, 0, index)
+        )
+        v_all = jax.lax.dynamic_update_slice(
+            v_all, lead(new_v).astype(v_all.dtype), (*at, 0, 0, index, 0)
+        )
+        if layer is None:
+            keys_BxKxHxS, values_BxKxSxH = k_all, v_all
         else:
-            # Write this block's keys/values into the cache in place, then read the
-            # layer's full history back: its own arrays (unrolled layers, `layer`
-            # None) or its slice of the stacked ones.
-            k_all, v_all, index = kv
-            at = () if layer is None else (layer,)
-            lead = (lambda x: x) if layer is None else (lambda x: x[None])
-            k_all = jax.lax.dynamic_update_slice(
-                k_all, lead(new_k).astype(k_all.dtype), (*at, 0, 0, 0, index)
-            )
-            v_all = jax.lax.dynamic_update_slice(
-                v_all, lead(new_v).astype(v_all.dtype), (*at, 0, 0, index, 0)
-            )
-            if layer is None:
-                keys_BxKxHxS, values_BxKxSxH = k_all, v_all
-            else:
-                keys_BxKxHxS = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
-                values_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
-            kv = (k_all, v_all, index)
-        keys_BxKxHxS = keys_BxKxHxS.astype(q.dtype)
-        values_BxKxSxH = values_BxKxSxH.astype(cfg.jnp_dtype)
-        if t == 1:
-            # A decode step: without the unit T axis both contractions are plain
-            # batched matmuls over (B, K) that XLA on CPU runs fast.
-            queries = q.reshape(b, k, n // k, h)
-            mask = mask_BxTxS[:, 0, None, None]
-            score_spec, out_spec = "bkgh,bkhs->bkgs", "bkgs,bksh->bkgh"
-        else:
-            queries = q.reshape(b, t, k, n // k, h)
-            mask = mask_BxTxS[:, None, None]
-            score_spec, out_spec = "btkgh,bkhs->bkgts", "bkgts,bksh->btkgh"
-        scores = _f32_einsum(score_spec, queries, keys_BxKxHxS) * (h**-0.5)
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.jnp_dtype)
-        out = jnp.einsum(out_spec, probs, values_BxKxSxH)
-        return self.o_proj(out.reshape(b, t, n * h)), kv
-
-
-def _f32_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-    """`einsum` with float32 results (attention scores) for any input dtype.
-
-    XLA on CPU lacks some bf16 x bf16 -> f32 dots; there the operands are cast
-    first, which gives the same numbers (bf16 products are exact in float32).
-    """
-    if jax.default_backend() == "cpu":
-        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
-    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+            keys_BxKxHxS = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
+            values_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
+        out = attn.cached_attention(q, keys_BxKxHxS, values_BxKxSxH, mask, implementation=attention)
+        return self.o_proj(out.reshape(b, t, n * h)), (k_all, v_all, index)
 
 
 class MLP(nnx.Module):
@@ -149,8 +123,8 @@ class Block(nnx.Module):
         self.mlp_norm = norm()
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, positions, mask, kv, layer, inv_freq):
-        attn_out, kv = self.attn(self.attn_norm(x), positions, mask, kv, layer, inv_freq)
+    def __call__(self, x, positions, mask, kv, layer, inv_freq, attention):
+        attn_out, kv = self.attn(self.attn_norm(x), positions, mask, kv, layer, inv_freq, attention)
         x = x + attn_out
         return x + self.mlp(self.mlp_norm(x)), kv
 
@@ -185,13 +159,16 @@ class Transformer(nnx.Module):
         self,
         tokens_BxT,
         positions_BxT,
-        mask_BxTxS,
+        mask,
         kv=None,
         *,
         remat=False,
         last_only=False,
         layer_states=None,
+        attention="auto",
     ):
+        # `mask`: real tokens [B, T] without a cache (causal over the block), the
+        # slots each query sees [B, T, S] with one.
         cfg = self.cfg
         inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         x = self.embed(tokens_BxT)
@@ -201,7 +178,7 @@ class Transformer(nnx.Module):
             x, kv = carry
             layer_state, layer = xs
             block = nnx.merge(layers_def, layer_state)
-            return block(x, positions_BxT, mask_BxTxS, kv, layer, inv_freq), None
+            return block(x, positions_BxT, mask, kv, layer, inv_freq, attention), None
 
         if remat:
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
@@ -285,6 +262,7 @@ def forward(
     cache: KVCache | None = None,
     last_only: bool = False,
     remat: bool = False,
+    attention: str = "auto",
 ) -> tuple[jax.Array, KVCache | None]:
     """Runs the decoder on a left-padded block of tokens.
 
@@ -305,6 +283,10 @@ def forward(
       cache: a `KVCache` from `init_cache`, or None.
       last_only: return logits of the last position only (`[B, 1, V]`).
       remat: rematerialise each layer in the backward pass.
+      attention: the attention implementation (`ram_jax.models.attention`):
+        'auto' (per backend: naive on CPU, cuDNN flash attention on GPU, the
+        Pallas splash kernel on TPU, where each applies), 'naive', 'xla',
+        'cudnn' or 'splash'.
 
     Returns:
       `(logits_BxTxV float32, cache)` with the updated cache (or None).
@@ -316,8 +298,7 @@ def forward(
     if cache is None:
         if positions_BxT is None:
             positions_BxT = positions_from_mask(mask_BxT)
-        causal_TxT = jnp.tril(jnp.ones((t, t), bool))
-        attn_mask = causal_TxT[None] & mask_BxT[:, None, :]
+        attn_mask = mask_BxT  # causal over the block: each implementation builds its own
         kv = None
     else:
         if positions_BxT is None:
@@ -346,6 +327,7 @@ def forward(
         remat=remat,
         last_only=last_only,
         layer_states=layer_states,
+        attention=attention,
     )
     if cache is not None:
         cache = KVCache(kv[0], kv[1], valid_BxS, cache.index + t)
