@@ -18,7 +18,16 @@ def test_every_exported_name_resolves():
 
 def test_subpackages_hold_their_modules():
     layout = {
-        "models": ("config", "transformer", "attention", "cache", "rope", "convert", "tokenizer"),
+        "models": (
+            "config",
+            "transformer",
+            "attention",
+            "quantize",
+            "cache",
+            "rope",
+            "convert",
+            "tokenizer",
+        ),
         "decoding": ("sampling", "modes", "decoder", "stream", "batching"),
         "training": ("losses", "step", "loop", "model", "optim", "checkpoint", "metrics"),
         "data": ("rows", "templates", "tokenize", "pipeline"),

@@ -27,6 +27,7 @@ from flax import nnx
 from ram_jax.models import attention as attn
 from ram_jax.models.cache import KVCache, positions_from_mask
 from ram_jax.models.config import ModelConfig
+from ram_jax.models.quantize import Int8Embed, Int8Linear, is_quantized
 from ram_jax.models.rope import apply_rope, inverse_frequencies
 
 Params = dict
@@ -47,7 +48,11 @@ class RMSNorm(nnx.Module):
         return normed.astype(self.dtype) * self.scale[...].astype(self.dtype)
 
 
-def _linear(cfg: ModelConfig, din: int, dout: int, rngs: nnx.Rngs, bias: bool = False):
+def _linear(cfg: ModelConfig, din: int, dout: int, rngs: nnx.Rngs, bias=False, int8=False):
+    if int8:
+        return Int8Linear(
+            din, dout, use_bias=bias, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype
+        )
     return nnx.Linear(
         din,
         dout,
@@ -61,12 +66,12 @@ def _linear(cfg: ModelConfig, din: int, dout: int, rngs: nnx.Rngs, bias: bool = 
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q_proj = _linear(cfg, d, n * h, rngs, cfg.qkv_bias)
-        self.k_proj = _linear(cfg, d, k * h, rngs, cfg.qkv_bias)
-        self.v_proj = _linear(cfg, d, k * h, rngs, cfg.qkv_bias)
-        self.o_proj = _linear(cfg, n * h, d, rngs)
+        self.q_proj = _linear(cfg, d, n * h, rngs, cfg.qkv_bias, int8)
+        self.k_proj = _linear(cfg, d, k * h, rngs, cfg.qkv_bias, int8)
+        self.v_proj = _linear(cfg, d, k * h, rngs, cfg.qkv_bias, int8)
+        self.o_proj = _linear(cfg, n * h, d, rngs, False, int8)
         self.cfg = cfg
 
     def __call__(self, x_BxTxD, positions_BxT, mask, kv, layer, inv_freq, attention):
@@ -104,24 +109,25 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.gate_proj = _linear(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
-        self.up_proj = _linear(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
-        self.down_proj = _linear(cfg, cfg.intermediate_size, cfg.hidden_size, rngs)
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = _linear(cfg, d, f, rngs, False, int8)
+        self.up_proj = _linear(cfg, d, f, rngs, False, int8)
+        self.down_proj = _linear(cfg, f, d, rngs, False, int8)
 
     def __call__(self, x):
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False):
         norm = functools.partial(
             RMSNorm, cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_param_dtype, cfg.jnp_dtype
         )
         self.attn_norm = norm()
-        self.attn = Attention(cfg, rngs)
+        self.attn = Attention(cfg, rngs, int8)
         self.mlp_norm = norm()
-        self.mlp = MLP(cfg, rngs)
+        self.mlp = MLP(cfg, rngs, int8)
 
     def __call__(self, x, positions, mask, kv, layer, inv_freq, attention):
         attn_out, kv = self.attn(self.attn_norm(x), positions, mask, kv, layer, inv_freq, attention)
@@ -130,30 +136,36 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """The decoder. Call it through `forward(params, ...)` rather than directly."""
+    """The decoder. Call it through `forward(params, ...)` rather than directly.
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    `int8=True` builds the weight-only int8 layout of `ram_jax.models.quantize`.
+    """
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False):
         self.cfg = cfg
-        self.embed = nnx.Embed(
-            cfg.vocab_size,
-            cfg.hidden_size,
-            dtype=cfg.jnp_dtype,
-            param_dtype=cfg.jnp_param_dtype,
-            embedding_init=_init,
-            rngs=rngs,
-        )
+        if int8:
+            self.embed = Int8Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.jnp_dtype)
+        else:
+            self.embed = nnx.Embed(
+                cfg.vocab_size,
+                cfg.hidden_size,
+                dtype=cfg.jnp_dtype,
+                param_dtype=cfg.jnp_param_dtype,
+                embedding_init=_init,
+                rngs=rngs,
+            )
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)
         def make_layers(rngs):
-            return Block(cfg, rngs)
+            return Block(cfg, rngs, int8)
 
         self.layers = make_layers(rngs)
         self.final_norm = RMSNorm(
             cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_param_dtype, cfg.jnp_dtype
         )
         if not cfg.tie_embeddings:
-            self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, rngs)
+            self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, rngs, False, int8)
 
     def __call__(
         self,
@@ -202,9 +214,9 @@ class Transformer(nnx.Module):
 
 
 @functools.lru_cache(maxsize=64)
-def graphdef(config: ModelConfig) -> nnx.GraphDef:
-    """The (cached) graph definition of a config's module tree."""
-    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+def graphdef(config: ModelConfig, int8: bool = False) -> nnx.GraphDef:
+    """The (cached) graph definition of a config's module tree (float or int8 weights)."""
+    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), int8=int8))
     return nnx.split(abstract)[0]
 
 
@@ -214,9 +226,12 @@ def init_params(config: ModelConfig, key: jax.Array) -> Params:
     return nnx.to_pure_dict(nnx.split(model)[1])
 
 
-def abstract_params(config: ModelConfig) -> Params:
-    """Parameter shapes and dtypes as `jax.ShapeDtypeStruct`s; allocates nothing."""
-    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+def abstract_params(config: ModelConfig, int8: bool = False) -> Params:
+    """Parameter shapes and dtypes as `jax.ShapeDtypeStruct`s; allocates nothing.
+
+    `int8=True`: the layout of `ram_jax.models.quantize.quantize_int8`.
+    """
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), int8=int8))
     return nnx.to_pure_dict(nnx.split(model)[1])
 
 
@@ -248,8 +263,8 @@ def unstack_layers(params: Params) -> Params:
 
 
 @functools.lru_cache(maxsize=64)
-def _abstract_layers(config: ModelConfig):
-    return abstract_params(config)["layers"]
+def _abstract_layers(config: ModelConfig, int8: bool):
+    return abstract_params(config, int8)["layers"]
 
 
 def forward(
@@ -274,7 +289,8 @@ def forward(
     Args:
       params: parameters from `init_params` or `ram_jax.models.convert.load_hf`, or
         `unstack_layers` of them (layers unrolled; the cache must then be
-        per layer too).
+        per layer too), or `ram_jax.models.quantize.quantize_int8` of either
+        (weight-only int8).
       tokens_BxT: int token ids; padding positions hold any id.
       config: the model's `ModelConfig` (static under jit).
       mask_BxT: True for real tokens (default: all real).
@@ -308,17 +324,18 @@ def forward(
         query_slots_T = cache.index + jnp.arange(t)
         attn_mask = valid_BxS[:, None, :] & (slots_S[None, :] <= query_slots_T[:, None])[None]
         kv = (cache.k_LxBxKxHxS, cache.v_LxBxKxSxH, cache.index)
+    int8 = is_quantized(params)
     layer_states = None
     if has_unrolled_layers(params):
         layer_states = params["layers"]
         # The stacked layers are never read on this path: shapes stand in for them.
-        params = {**params, "layers": _abstract_layers(config)}
+        params = {**params, "layers": _abstract_layers(config, int8)}
     if cache is not None and cache.per_layer != (layer_states is not None):
         raise ValueError(
             "params and cache disagree on the layer layout: pass `unstack_layers(params)` "
             "with `init_cache(..., per_layer=True)`, or stacked params with a stacked cache."
         )
-    model = nnx.merge(graphdef(config), params)
+    model = nnx.merge(graphdef(config, int8), params)
     logits, kv = model(
         tokens_BxT,
         positions_BxT,
