@@ -44,7 +44,8 @@ def _rel(a, b, mask=None) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-def _padded(b: int, t: int) -> np.ndarray:
+def padded_mask(b: int, t: int) -> np.ndarray:
+    """Left-padded, right-padded, both, and full rows (each one contiguous run)."""
     runs = [(t * 3 // 5, t), (0, t // 2), (t // 10, t - t // 4), (0, t)]
     mask = np.zeros((b, t), bool)
     for row in range(b):
@@ -70,7 +71,7 @@ def main():
     )
     params = init_params(config, jax.random.key(0))
     params = jax.tree.map(lambda x: x * (2.0 if x.ndim > 1 else 1.0), params)  # O(1) logits
-    mask = _padded(4, 256)
+    mask = padded_mask(4, 256)
     tokens = np.random.default_rng(1).integers(1, config.vocab_size, mask.shape).astype(np.int32)
     weights = jax.random.normal(jax.random.key(2), mask.shape)
 

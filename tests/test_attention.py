@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.gpu_attention_check import padded_mask
 from ram_jax import sharding as shd
 from ram_jax.models import attention as attn
 from ram_jax.models.cache import init_cache
@@ -17,21 +18,11 @@ from tests import hf_fixtures as hf
 T = 128  # the splash kernel's smallest tile
 
 
-def _padded_mask(b: int, t: int) -> np.ndarray:
-    """Left-padded, right-padded, both, and full rows (each one contiguous run)."""
-    runs = [(t * 3 // 5, t), (0, t // 2), (t // 10, t - t // 4), (0, t)]
-    mask = np.zeros((b, t), bool)
-    for row in range(b):
-        lo, hi = runs[row % len(runs)]
-        mask[row, lo:hi] = True
-    return mask
-
-
 @pytest.fixture(scope="module")
 def model():
     config = get_preset("tiny-llama", num_layers=1)
     params = hf.random_params(init_params(config, jax.random.key(0)), seed=0)
-    mask = _padded_mask(4, T)
+    mask = padded_mask(4, T)
     tokens = np.random.default_rng(1).integers(1, config.vocab_size, mask.shape).astype(np.int32)
     return config, params, tokens, mask
 
@@ -86,7 +77,7 @@ def test_cudnn_rotation_equals_naive_with_padding():
     # cuDNN's path rotates every row so its real tokens come first, then masks by
     # per-row lengths; the same rotation runs through XLA here (no GPU needed).
     b, t, n, k, h = 4, 24, 4, 2, 8
-    mask = jnp.asarray(_padded_mask(b, t))
+    mask = jnp.asarray(padded_mask(b, t))
     q, kk, v = (jax.random.normal(jax.random.key(i), (b, t, s, h)) for i, s in enumerate((n, k, k)))
     weights = jax.random.normal(jax.random.key(9), (b, t, n, h))
 
