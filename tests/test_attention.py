@@ -122,7 +122,8 @@ def test_cached_prefill_and_decode_with_xla_equal_naive(model):
 def test_auto_picks_per_backend_and_explicit_choices_are_checked():
     bf16, f32 = jnp.bfloat16, jnp.float32
     pick = lambda backend, **kw: attn.resolve("auto", backend=backend, **kw)
-    assert pick("cpu", cached=False, t=128, dtype=bf16, head_dim=64) == "naive"
+    assert pick("cpu", cached=False, t=128, dtype=bf16, head_dim=64) == "xla"
+    assert pick("cpu", cached=True, t=1, dtype=bf16, head_dim=64) == "naive"
     assert pick("gpu", cached=False, t=2048, dtype=bf16, head_dim=64) == "cudnn"
     assert pick("gpu", cached=True, t=1024, dtype=bf16, head_dim=128) == "cudnn"  # prefill
     assert pick("gpu", cached=True, t=1, dtype=bf16, head_dim=128) == "xla"  # decode step

@@ -31,7 +31,8 @@ Implementations (`IMPLEMENTATIONS`):
           mode (for tests: slow). Under a context mesh (`jax.set_mesh`) it runs per
           shard through `jax.shard_map` (batch over data x fsdp, heads over tensor).
 
-'auto' picks per backend, at trace time: CPU naive; GPU cudnn where its
+'auto' picks per backend, at trace time: CPU xla for a block over itself,
+naive over a cache; GPU cudnn where its
 conditions hold (else xla), xla for a decode step (T = 1: its scores are
 O(S) anyway); TPU splash for a block over itself with T a multiple of 128,
 else xla. The memory plan (`ram_jax.planning.memory`) follows the same choice.
@@ -76,7 +77,9 @@ def resolve(
             return "cudnn" if fused else "xla"
         if backend == "tpu":
             return "splash" if not cached and t % SPLASH_BLOCKS[-1] == 0 else "xla"
-        return "naive"
+        # CPU: a training step ran 17% faster through xla than naive (fewer copies); a
+        # decode step keeps naive's plain batched matmuls over the cache layout.
+        return "naive" if cached else "xla"
     if implementation == "cudnn":
         if backend != "gpu":
             raise ValueError(

@@ -205,7 +205,11 @@ class Transformer(nnx.Module):
                 kv = tuple(tuple(c[j] for c in per_layer_kv) for j in (0, 1)) + (kv[2],)
         else:
             layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-            (x, kv), _ = jax.lax.scan(body, (x, kv), (layers_state, layer_ids))
+            # XLA on CPU runs a layer loop through dynamic slices of the stacked weights
+            # and buffers of stacked residuals; unrolled, a CPU training step ran 18%
+            # faster. Accelerators keep the loop (compile time independent of depth).
+            unroll = cfg.num_layers if jax.default_backend() == "cpu" else 1
+            (x, kv), _ = jax.lax.scan(body, (x, kv), (layers_state, layer_ids), unroll=unroll)
         if last_only:
             x = x[:, -1:]
         x = self.final_norm(x)

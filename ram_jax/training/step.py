@@ -129,7 +129,16 @@ def model_sequence_logprobs(
 
 
 def _microbatch_sums(
-    params, micro, ref_params, *, config, objective, vocab_limit, remat, ref_config, attention
+    params,
+    micro,
+    ref_params,
+    *,
+    config,
+    objective,
+    vocab_limit,
+    remat,
+    ref_config,
+    attention="auto",
 ):
     b, g, t = micro["tokens"].shape
     flat = lambda x: x.reshape(b * g, t)
