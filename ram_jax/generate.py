@@ -32,7 +32,9 @@ from ram_jax.decoding import batching, stream
 from ram_jax.decoding import decoder as D
 from ram_jax.decoding import sampling as S
 from ram_jax.models import tokenizer as T
-from ram_jax.training.model import load_model, model_dir
+from ram_jax.models.tokenizer_check import check_model_tokenizers
+from ram_jax.models.tokenizer_config import load_tokenizer_config
+from ram_jax.training.model import DTYPES, load_model, model_dir
 
 FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
 _PROPOSAL = flags.DEFINE_string(
@@ -50,11 +52,21 @@ _PROMPTS = flags.DEFINE_string(
 _TEMPLATE = flags.DEFINE_string(
     "template",
     "raw",
-    f"Prompt template: one of {sorted(templates.TEMPLATES)} or a string with {{prompt}}.",
+    f"Prompt template: one of {sorted(templates.TEMPLATES)}, a string with {{prompt}}, or "
+    "'chat' (the tokenizer's own chat template).",
     flag_values=FLAGS,
 )
 _ADD_BOS = flags.DEFINE_bool(
-    "add_bos", False, "Start prompts with BOS (as the aligner's data.add_bos).", flag_values=FLAGS
+    "add_bos",
+    None,
+    "Start prompts with BOS (as the aligner's data.add_bos); unset: as the tokenizer does.",
+    flag_values=FLAGS,
+)
+_ASSUME_SAME = flags.DEFINE_bool(
+    "assume_same_tokenizer",
+    False,
+    "Decode with an aligner directory that holds no tokenizer.json, unchecked.",
+    flag_values=FLAGS,
 )
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Output JSON (AlpacaEval format).", required=True, flag_values=FLAGS
@@ -106,7 +118,7 @@ _STOP = flags.DEFINE_multi_string(
     "stop", ["\n\nHuman"], "Stop strings (repeatable).", flag_values=FLAGS
 )
 _DTYPE = flags.DEFINE_enum(
-    "dtype", "float32", ["float32", "bfloat16"], "Parameter dtype.", flag_values=FLAGS
+    "dtype", "auto", list(DTYPES), "Parameter dtype (auto: the checkpoint's).", flag_values=FLAGS
 )
 
 _SAMPLING_FLAGS = {
@@ -155,9 +167,11 @@ def run(sampling: S.SamplingConfig) -> dict:
     instructions = read_prompts(_PROMPTS.value)
     p_dir = model_dir(_PROPOSAL.value) or _PROPOSAL.value
     tok = T.load_tokenizer(_TOKENIZER.value or p_dir)
+    tok_config = load_tokenizer_config(_TOKENIZER.value or p_dir, tok)
+    templates.check(_TEMPLATE.value, tok_config.chat_template)
     q_dir = (model_dir(_ALIGNER.value) or _ALIGNER.value) if _ALIGNER.value else None
-    if q_dir and os.path.isfile(os.path.join(q_dir, "tokenizer.json")):
-        T.check_same_tokenizer(tok, T.load_tokenizer(q_dir), "proposal", "aligner")
+    if q_dir:
+        check_model_tokenizers(tok, {"aligner": q_dir}, assume_same=_ASSUME_SAME.value)
     if sampling.needs_aligner and q_dir is None:
         raise ValueError(f"--mode={sampling.mode} needs --aligner; or use --mode=proposal.")
     p_config, p_params = load_model(p_dir, _DTYPE.value, "--proposal")
@@ -168,11 +182,18 @@ def run(sampling: S.SamplingConfig) -> dict:
     for name, config in (("proposal", p_config), ("aligner", q_config)):
         if config is not None:
             T.check_vocab_fits(config, tok, name)
-    eos = T.eos_token_ids(tok, p_config)
+    eos = T.pair_eos_ids(tok, p_config, q_config, tok_config)
     pad = tok.token_to_id(T.PAD_TOKEN)
     pad = eos[0] if pad is None else pad
-    bos = T.bos_token_id(tok, p_config) if _ADD_BOS.value else None
-    prompts = templates.encode_prompts(tok, instructions, _TEMPLATE.value, bos_id=bos)
+    bos = T.prompt_bos_id(tok, tok_config, _ADD_BOS.value, _TEMPLATE.value, p_config)
+    prompts = templates.encode_prompts(
+        tok,
+        instructions,
+        _TEMPLATE.value,
+        bos_id=bos,
+        chat_template=tok_config.chat_template,
+        special_tokens=tok_config.special_tokens,
+    )
     configs = [c for c in (p_config, q_config) if c is not None]
     batching.check_prompts(prompts, _MAX_NEW.value, configs, vocab)
 

@@ -30,16 +30,18 @@ from tqdm import tqdm
 
 from ram_jax import cli
 from ram_jax.data import read_rows, templates
+from ram_jax.data.rows import FORMATS
 from ram_jax.decoding import batching
 from ram_jax.decoding.decoder import generate
 from ram_jax.decoding.sampling import REFERENCE_NEGATIVES, REFERENCE_STOPS, SamplingConfig
 from ram_jax.models.tokenizer import (
-    bos_token_id,
     eos_token_ids,
     load_tokenizer,
+    prompt_bos_id,
     tokenizer_length,
 )
-from ram_jax.training.model import load_model
+from ram_jax.models.tokenizer_config import TokenizerConfig, inferred_config, load_tokenizer_config
+from ram_jax.training.model import DTYPES, load_model
 
 PARTIAL = ".partial"
 
@@ -71,25 +73,34 @@ def sample_file(
     seed: int = 0,
     stops: tuple[str, ...] = REFERENCE_STOPS,
     prompt_template: str = "raw",
-    add_bos: bool = False,
+    add_bos: bool | None = None,
     max_prompt_length: int = 1024,
     fmt: str = "auto",
+    tokenizer_config: TokenizerConfig | None = None,
 ) -> int:
-    """Writes `output_path` (input rows + 'sampling'); returns the number of rows sampled now."""
+    """Writes `output_path` (input rows + 'sampling'); returns the number of rows sampled now.
+
+    `tokenizer_config` (the tokenizer's HF files) gives the chat template, the
+    BOS rule (`add_bos` None: as the tokenizer does) and the EOS fallback.
+    """
     if os.path.exists(output_path):
         print(f"{output_path} exists; nothing to do (delete it to resample).")
         return 0
+    tc = tokenizer_config or inferred_config(tokenizer)
+    templates.check(prompt_template, tc.chat_template)
     rows = read_rows(input_path, fmt)
-    bos = bos_token_id(tokenizer, p_config) if add_bos else None
+    bos = prompt_bos_id(tokenizer, tc, add_bos, prompt_template, p_config)
     prompts = templates.encode_prompts(
         tokenizer,
         [r.prompt for r in rows],
         prompt_template,
         bos_id=bos,
         max_length=max_prompt_length,
+        chat_template=tc.chat_template,
+        special_tokens=tc.special_tokens,
     )
     vocab = tokenizer_length(tokenizer)
-    eos = eos_token_ids(tokenizer, p_config)
+    eos = eos_token_ids(tokenizer, p_config, tc)
     partial = output_path + PARTIAL
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     start = _done_rows(partial, batch_size)
@@ -158,26 +169,29 @@ _STOPS = flags.DEFINE_multi_string(
 _TEMPLATE = flags.DEFINE_string(
     "prompt_template",
     "raw",
-    "As data.prompt_template (a name or a {prompt} string).",
+    "As data.prompt_template (a name, a {prompt} string or 'chat').",
     flag_values=FLAGS,
 )
 _ADD_BOS = flags.DEFINE_bool(
-    "add_bos", False, "Start prompts with BOS, as data.add_bos.", flag_values=FLAGS
+    "add_bos",
+    None,
+    "Start prompts with BOS, as data.add_bos; unset: as the tokenizer does.",
+    flag_values=FLAGS,
 )
 _MAX_PROMPT = flags.DEFINE_integer(
     "max_prompt_length", 1024, "Prompts keep their last N tokens.", flag_values=FLAGS
 )
-_FORMAT = flags.DEFINE_enum(
-    "format", "auto", ["auto", "rows", "hh"], "Input layout.", flag_values=FLAGS
-)
+_FORMAT = flags.DEFINE_enum("format", "auto", list(FORMATS), "Input layout.", flag_values=FLAGS)
 _DTYPE = flags.DEFINE_enum(
-    "dtype", "bfloat16", ["bfloat16", "float32"], "Proposal dtype.", flag_values=FLAGS
+    "dtype", "auto", list(DTYPES), "Proposal dtype (auto: the checkpoint's).", flag_values=FLAGS
 )
 
 
 def main(argv):
     del argv
     tok = load_tokenizer(_TOKENIZER.value or _PROPOSAL.value)
+    tok_config = load_tokenizer_config(_TOKENIZER.value or _PROPOSAL.value, tok)
+    templates.check(_TEMPLATE.value, tok_config.chat_template)  # before the model loads
     p_config, p_params = load_model(_PROPOSAL.value, _DTYPE.value, "--proposal")
     sampling = REFERENCE_NEGATIVES.replace(
         temperature=_T.value,
@@ -201,6 +215,7 @@ def main(argv):
         add_bos=_ADD_BOS.value,
         max_prompt_length=_MAX_PROMPT.value,
         fmt=_FORMAT.value,
+        tokenizer_config=tok_config,
     )
 
 

@@ -27,10 +27,12 @@ def test_subpackages_hold_their_modules():
             "rope",
             "convert",
             "tokenizer",
+            "tokenizer_config",
+            "tokenizer_check",
         ),
         "decoding": ("sampling", "modes", "decoder", "stream", "batching"),
         "training": ("losses", "step", "loop", "model", "optim", "checkpoint", "metrics"),
-        "data": ("rows", "templates", "tokenize", "pipeline"),
+        "data": ("rows", "templates", "chat_template", "tokenize", "pipeline"),
         "planning": ("memory", "report"),
     }
     for package, modules in layout.items():

@@ -14,9 +14,11 @@ import transformers
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ram_jax.models.config import get_preset
-from ram_jax.models.convert import load_hf, save_hf
-from ram_jax.models.tokenizer import slice_vocab
+from ram_jax.models.convert import checkpoint_dtype, load_hf, save_hf
+from ram_jax.models.tokenizer import build_tokenizer, load_tokenizer, slice_vocab, tokenizer_length
+from ram_jax.models.tokenizer_config import load_tokenizer_config
 from ram_jax.models.transformer import forward, init_params
+from ram_jax.training.model import export_config
 from tests import hf_fixtures as hf
 
 PARITY_ATOL = 1e-4
@@ -106,7 +108,7 @@ def test_export_round_trip(preset, max_shard_bytes, tmp_path, batch):
     if max_shard_bytes < 2**40:
         assert "model.safetensors.index.json" in files and len(files) > 3
     else:
-        assert files == ["config.json", "model.safetensors"]
+        assert files == ["config.json", "generation_config.json", "model.safetensors"]
         assert ("lm_head.weight" in _tensors(path)) == (not config.tie_embeddings)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # temp dir renamed away
 
@@ -127,8 +129,11 @@ def test_export_bfloat16_replaces_previous_export(loaded, tmp_path):
     path = str(tmp_path / "export")
     save_hf(params, config, path, max_shard_bytes=40_000)
     assert len(os.listdir(path)) > 3
+    assert checkpoint_dtype(path) == "float32"
     save_hf(params, config, path, dtype="bfloat16")
-    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors"]  # shards gone
+    assert checkpoint_dtype(path) == "bfloat16"
+    files = ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(os.listdir(path)) == files  # shards gone
     assert sorted(os.listdir(tmp_path)) == ["export"]
     umask = os.umask(0)
     os.umask(umask)
@@ -157,6 +162,7 @@ def test_sharded_hf_checkpoint_loads(checkpoints, loaded, tmp_path):
 def test_bfloat16_checkpoint_kept_bit_exact(checkpoints, tmp_path):
     model, _ = checkpoints["qwen-padded-vocab"]
     copy.deepcopy(model).to(torch.bfloat16).save_pretrained(tmp_path)
+    assert checkpoint_dtype(str(tmp_path)) == "bfloat16"  # read from the safetensors header
     config, params = load_hf(str(tmp_path), param_dtype="bfloat16")
     assert config.param_dtype == config.dtype == "bfloat16"
     assert {x.dtype for x in jax.tree.leaves(params)} == {jax.numpy.dtype(jax.numpy.bfloat16)}
@@ -280,3 +286,45 @@ def test_missing_config_or_weights(checkpoints, tmp_path):
         load_hf(no_weights)
     with pytest.raises(FileNotFoundError, match="not a directory"):
         load_hf(str(tmp_path / "nowhere"))
+
+
+TOKENIZERS = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers")
+
+
+def test_export_carries_what_transformers_needs(tmp_path):
+    """Special ids in config.json and generation_config.json; tokenizer files copied from an
+    HF directory, or written for a tokenizer built in memory; AutoTokenizer reports them."""
+    source = os.path.join(TOKENIZERS, "llama3-instruct")
+    tok = load_tokenizer(source)
+    tc = load_tokenizer_config(source, tok)
+    eot, eot_name = tok.token_to_id("<|eot_id|>"), "<|eot_id|>"
+    config = get_preset("tiny-llama", vocab_size=tokenizer_length(tok))
+    trained = export_config(config, tok, tc, eot, own_ids=False)
+    assert trained.eos_token_ids == (eot,) and trained.pad_token_id == eot
+    assert trained.bos_token_id == tok.token_to_id("<|begin_of_text|>")
+    params = init_params(config, jax.random.key(0))
+    path = str(tmp_path / "llama")
+    save_hf(params, trained, path, tokenizer=tok, tokenizer_config=tc)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        with open(os.path.join(source, name)) as a, open(os.path.join(path, name)) as b:
+            assert a.read() == b.read(), name  # copied verbatim
+    hf_tok = transformers.AutoTokenizer.from_pretrained(path)
+    assert (hf_tok.eos_token, hf_tok.eos_token_id) == (eot_name, eot)
+    assert hf_tok.chat_template == tc.chat_template
+    generation = transformers.GenerationConfig.from_pretrained(path)
+    hf_config = transformers.AutoConfig.from_pretrained(path)
+    for c in (generation, hf_config):
+        assert (c.eos_token_id, c.pad_token_id) == (eot, eot)
+        assert c.bos_token_id == trained.bos_token_id
+    assert load_hf(path)[0] == trained  # the ids survive a reload
+
+    # A tokenizer built in memory: its files are written, with the trained EOS and a PAD.
+    small = build_tokenizer(["the quick brown fox jumps over the lazy dog"] * 20, 300)
+    config = get_preset("tiny-qwen", vocab_size=300)
+    save_hf(
+        init_params(config, jax.random.key(0)), config, str(tmp_path / "small"), tokenizer=small
+    )
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "small"))
+    assert (hf_tok.eos_token_id, hf_tok.pad_token_id) == (0, 1)  # <|endoftext|>, <|pad|>
+    assert hf_tok("the fox").input_ids == small.encode("the fox").ids
+    assert transformers.AutoConfig.from_pretrained(str(tmp_path / "small")).eos_token_id == 0

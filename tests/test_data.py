@@ -39,12 +39,48 @@ def test_hh_rows_split_at_the_last_assistant_turn():
     rows = data.read_rows(os.path.join(FIXTURES, "hh.jsonl"), need=("rejected",))
     lines = [json.loads(x) for x in open(os.path.join(FIXTURES, "hh.jsonl"))]
     for row, raw in zip(rows, lines, strict=True):
-        assert row.prompt.endswith("\n\nAssistant:")
+        assert row.prompt.endswith("\n\nAssistant: ")
         assert row.prompt + row.chosen == raw["chosen"]
         assert row.prompt + row.rejected == raw["rejected"]
     multi = rows[1]  # the odd rows have an earlier exchange, which stays in the prompt
     assert multi.prompt.startswith("\n\nHuman: hello 1\n\nAssistant: hi there\n\nHuman:")
-    assert multi.chosen.startswith(" Thank you")
+    assert multi.chosen.startswith("Thank you")
+
+
+# A helpful-base training row in the published format (a benign one, shortened).
+HH_ROW = {
+    "chosen": "\n\nHuman: Can you tell me how to make a cup of tea?\n\nAssistant: Sure! Do "
+    "you want black or green tea?\n\nHuman: Black, please.\n\nAssistant: Boil water, pour "
+    "it over the tea bag, and let it steep for three to five minutes.\n\nEnjoy!",
+    "rejected": "\n\nHuman: Can you tell me how to make a cup of tea?\n\nAssistant: Sure! "
+    "Do you want black or green tea?\n\nHuman: Black, please.\n\nAssistant:  I don't know.",
+}
+
+
+@pytest.mark.parametrize("family", ["llama3-instruct", "qwen2.5-base"])
+def test_hh_boundary_as_the_reference(family, tmp_path):
+    """The space after the last "Assistant:" is the prompt's last token, as the reference
+    splits (at "\\n\\nAssistant: "); the responses start without it."""
+    path = _write(tmp_path, "hh.jsonl", json.dumps(HH_ROW) + "\n")
+    (row,) = data.read_rows(path, need=("rejected",))
+    cut = HH_ROW["chosen"].rindex("\n\nAssistant: ") + len("\n\nAssistant: ")
+    assert row.prompt == HH_ROW["chosen"][:cut] and row.chosen == HH_ROW["chosen"][cut:]
+    assert row.chosen.startswith("Boil") and row.rejected == " I don't know."
+    tok = load_tokenizer(os.path.join(FIXTURES, "tokenizers", family))
+    examples = data.tokenize_rows(
+        [row],
+        tok,
+        Objective("ram_sft"),
+        eos_id=0,
+        max_length=128,
+        max_prompt_length=96,
+        negatives="rejected",
+    )
+    n = int(examples.prompt_lengths[0])
+    chosen = examples.sequences[0][0]
+    assert list(chosen[:n]) == tok.encode(row.prompt, add_special_tokens=False).ids
+    assert tok.decode([int(chosen[n - 1])]) == " "  # the boundary token: the space alone
+    assert tok.decode([int(chosen[n])]).startswith("B")  # no space before the response
 
 
 def test_json_array_files(tmp_path):
@@ -78,7 +114,7 @@ def test_hh_pairs_with_different_prompts_are_dropped_and_counted(tmp_path, caplo
     path = _write(tmp_path, "hh.jsonl", "".join(json.dumps(r) + "\n" for r in (bad, good, bad)))
     with caplog.at_level("WARNING"):
         rows = data.read_rows(path)
-    assert [(r.chosen, r.rejected, r.where.endswith(":2")) for r in rows] == [(" b", " c", True)]
+    assert [(r.chosen, r.rejected, r.where.endswith(":2")) for r in rows] == [("b", "c", True)]
     assert "dropped 2 HH pair(s)" in caplog.text and "hh.jsonl:1: HH 'chosen'" in caplog.text
     # The dataset builder reads HH files through the same rule.
     from ram_jax.datasets import hh_rlhf
@@ -238,3 +274,54 @@ def test_eval_batches_cover_everything_once(examples):
     assert len(seen) == len(examples)
     first = examples.sequences[0][0]
     assert seen[0] == tuple(first[first != 0])
+
+
+def test_messages_rows_train_on_the_chat_template(tmp_path):
+    """UltraChat's own rows: the prompt is the conversation before the last (assistant)
+    message, rendered by the checkpoint's chat template with an assistant turn opened."""
+    import transformers
+
+    from ram_jax.models.tokenizer_config import load_tokenizer_config
+
+    conversation = [
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]
+    rows = [
+        {"prompt": "Hi!", "prompt_id": "x", "messages": conversation},  # ultrachat_200k
+        {"messages": conversation[2:], "sampling": "Red, I think."},
+    ]
+    path = _write(tmp_path, "uc.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    first, second = data.read_rows(path)
+    assert first.prompt == tuple(conversation[:3]) and first.chosen == "Blue."
+    assert second.prompt == tuple(conversation[2:3]) and second.sampling == ("Red, I think.",)
+    directory = os.path.join(FIXTURES, "tokenizers", "qwen2.5-instruct")
+    tok = load_tokenizer(directory)
+    tc = load_tokenizer_config(directory, tok)
+    eos = tok.token_to_id("<|im_end|>")
+    examples = data.tokenize_rows(
+        [first, second],
+        tok,
+        Objective("sft"),
+        eos_id=eos,
+        max_length=256,
+        max_prompt_length=128,
+        prompt_template="chat",
+        chat_template=tc.chat_template,
+        special_tokens=tc.special_tokens,
+    )
+    hf = transformers.AutoTokenizer.from_pretrained(directory)
+    prompt = hf.apply_chat_template(conversation[:3], add_generation_prompt=True, return_dict=False)
+    # The rendered conversation with the answer equals prompt + answer + EOS, as trained.
+    full = hf.apply_chat_template(conversation, return_dict=False)
+    assert list(examples.sequences[0][0]) == full[: len(full) - 1]  # the template adds "\n"
+    assert examples.prompt_lengths[0] == len(prompt)
+    with pytest.raises(data.DataError, match=r"uc\.jsonl:1: the prompt is a conversation"):
+        data.tokenize_rows(
+            [first], tok, Objective("sft"), eos_id=eos, max_length=64, max_prompt_length=32
+        )
+    bad = _write(tmp_path, "bad.jsonl", json.dumps({"messages": conversation[:3]}) + "\n")
+    with pytest.raises(data.DataError, match=r"bad\.jsonl:1: the last message must be the"):
+        data.read_rows(bad)

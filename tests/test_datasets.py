@@ -23,7 +23,8 @@ def _raw_hh(subset, split):
 
 
 def _hand_split(conv):
-    i = conv.rindex("\n\nAssistant:") + len("\n\nAssistant:")
+    # The reference's rule: split at the last "\n\nAssistant: ", the space in the prompt.
+    i = conv.rindex("\n\nAssistant: ") + len("\n\nAssistant: ")
     return conv[:i], conv[i:]
 
 
@@ -49,7 +50,7 @@ def test_hh_rows_match_hand_split_through_tfds(hh_built):
             expected.append({"prompt": p, "chosen": c, "rejected": rej})
     assert len(raw) == 13 and len(expected) == 12
     assert rows == expected
-    assert rows[0]["prompt"].endswith("\n\nAssistant:") and rows[0]["chosen"].startswith(" The")
+    assert rows[0]["prompt"].endswith("\n\nAssistant: ") and rows[0]["chosen"].startswith("The")
 
 
 def test_hh_all_concatenates_the_four_subsets_in_order(hh_built):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from ram_jax.decoding import sampling as S
 from ram_jax.models import convert
 from ram_jax.models import tokenizer as T
 from ram_jax.models.config import get_preset
+from ram_jax.models.tokenizer_config import load_tokenizer_config
 from ram_jax.models.transformer import abstract_params
 from ram_jax.training.model import load_model
 from tests.hf_fixtures import random_params
@@ -170,3 +172,53 @@ def test_read_prompts_formats_and_errors(tmp_path):
         generate.read_prompts(str(tmp_path / "e.jsonl"))
     with pytest.raises(FileNotFoundError, match="neither an HF model directory"):
         load_model(str(tmp_path), "float32", "--aligner")
+
+
+def test_instruct_aligner_on_a_base_proposal_with_the_chat_template(tmp_path, caplog):
+    """--template=chat renders the tokenizer's own template; decoding stops on both models'
+    EOS ids; --dtype defaults to the checkpoint's (bf16 stays bf16); an aligner directory
+    without a tokenizer is refused unless --assume_same_tokenizer."""
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers")
+    base_dir, instruct_dir = (
+        os.path.join(fixtures, n) for n in ("qwen2.5-base", "qwen2.5-instruct")
+    )
+    tok = T.load_tokenizer(base_dir)
+    endoftext, im_end = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|im_end|>")
+    p_config = get_preset("tiny-qwen", vocab_size=512, num_layers=1, eos_token_ids=(endoftext,))
+    q_config = p_config.replace(eos_token_ids=(im_end, endoftext), hidden_size=32)
+    for name, config, source in (("p", p_config, base_dir), ("q", q_config, instruct_dir)):
+        params = random_params(abstract_params(config), 5)
+        tc = load_tokenizer_config(source, tok)
+        convert.save_hf(
+            params,
+            config,
+            str(tmp_path / name),
+            dtype="bfloat16",
+            tokenizer=tok,
+            tokenizer_config=tc,
+        )
+    assert load_model(str(tmp_path / "p"))[0].param_dtype == "bfloat16"  # dtype="auto"
+    no_tok = tmp_path / "q_no_tokenizer"
+    shutil.copytree(tmp_path / "q", no_tok)
+    os.remove(no_tok / "tokenizer.json")
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "Name a colour."}\n{"prompt": "Hi!"}\n')
+    args = [
+        f"--proposal={tmp_path / 'p'}",
+        f"--prompts={tmp_path / 'prompts.jsonl'}",
+        "--template=chat",
+        "--mode=product",
+        "--max_new_tokens=3",
+        "--batch_size=2",
+        f"--output={tmp_path / 'out.json'}",
+    ]
+    _parse([*args, f"--aligner={no_tok}"])
+    with pytest.raises(ValueError, match="holds no tokenizer.json.*--assume_same_tokenizer"):
+        generate.run(generate.sampling_from_flags())
+    _parse([*args, f"--aligner={tmp_path / 'q'}"])
+    with caplog.at_level("INFO"):
+        metrics = generate.run(generate.sampling_from_flags())
+    assert (
+        f"stopping on EOS ids ['{endoftext} <|endoftext|>', '{im_end} <|im_end|>']" in caplog.text
+    )
+    assert metrics["num_prompts"] == 2
+    assert len(json.loads((tmp_path / "out.json").read_text())) == 2

@@ -171,3 +171,28 @@ def test_bad_inputs_fail_clearly(tmp_path, uninterrupted):
     with pytest.raises(ValueError, match="incompatible configuration") as e:
         train_loop.run(_config(**{"model.overrides.hidden_size": 32}), uninterrupted[0])
     assert "model.hidden_size: checkpoint 64 vs config 32" in str(e.value)
+
+
+def test_smoke_export_stops_at_the_trained_eos_under_transformers(uninterrupted):
+    """The export of a preset-initialised aligner, loaded by transformers alone: the
+    tokenizer reports the trained EOS and a PAD, and `generate` stops at that EOS."""
+    import torch
+    import transformers
+
+    export = os.path.join(uninterrupted[0], "export")
+    tok = transformers.AutoTokenizer.from_pretrained(export)
+    model = transformers.AutoModelForCausalLM.from_pretrained(export).eval()
+    assert (tok.eos_token, tok.eos_token_id, tok.pad_token_id) == ("<|endoftext|>", 0, 0)
+    assert model.generation_config.eos_token_id == 0 == model.config.eos_token_id
+    rows = [json.loads(x) for x in open(os.path.join(ROOT, "tests/fixtures/smoke_eval.jsonl"))]
+    prompts = [r["prompt"] for r in rows[:8]]
+    tok.padding_side = "left"
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=48, do_sample=False)
+    new = out[:, batch["input_ids"].shape[1] :].tolist()
+    ends = [row.index(0) if 0 in row else None for row in new]
+    assert all(e is not None for e in ends), ends  # every answer ends with the trained EOS
+    assert len(new[0]) < 48  # and generate stopped there instead of running to the limit
+    answers = [tok.decode(row[:e]) for row, e in zip(new, ends, strict=True)]
+    assert sum(a.startswith("Thank you for asking!") for a in answers) >= 6, answers

@@ -53,6 +53,8 @@ def test_one_file_per_row_and_every_stage_loads():
                 c = mod.get_config(arg)
                 assert _keys(c) == base_keys | {"row", "stage"}, (name, arg)
                 assert c.row == row.name and c.model.preset in PRESETS
+                # As the reference trained: bf16 parameters and RMSprop state, no BOS.
+                assert c.precision == "reference" and c.data.add_bos is False
                 big = stage.startswith("proposal")
                 family = R.PROPOSALS[row.family][1] if big else R.SMALL[row.family][2]
                 if "runlocal" in arg:
@@ -86,7 +88,8 @@ def _abstract_batch(accum, rows, group, length):
 
 
 def _step_for(c, mesh, *, preset=None):
-    cfg = get_preset(preset or c.model.preset, dtype=c.model.dtype)
+    param_dtype = optim.param_dtype_for(c.precision)
+    cfg = get_preset(preset or c.model.preset, dtype=c.model.dtype, param_dtype=param_dtype)
     objective = losses.Objective(c.objective.name, alpha=c.objective.alpha, beta=c.objective.beta)
     opt, schedule = optim.from_config(c, total_steps=100)
     abstract = train.abstract_state(cfg, opt)
@@ -122,6 +125,7 @@ def test_full_size_paper_steps_trace_via_eval_shape():
         assert jax.tree.map(lambda x: (x.shape, x.dtype), new_state) == jax.tree.map(
             lambda x: (x.shape, x.dtype), abstract
         )
+        assert {x.dtype for x in jax.tree.leaves(abstract.params)} == {jnp.dtype(jnp.bfloat16)}
         assert metrics["loss"].shape == () and metrics["grad_norm"].dtype == jnp.float32
 
 

@@ -1,23 +1,30 @@
-"""Tokenizer building, loading and the shared-vocabulary checks."""
+"""Tokenizer building and loading, vocabulary sizes, and the ids of BOS and EOS."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 
-from ram_jax.models.config import get_preset
+from ram_jax.models.config import from_hf_config, get_preset
 from ram_jax.models.tokenizer import (
     EOS_TOKEN,
     PAD_TOKEN,
     bos_token_id,
     build_tokenizer,
-    check_same_tokenizer,
     check_vocab_fits,
     eos_token_ids,
     load_tokenizer,
+    pair_eos_ids,
     slice_vocab,
     tokenizer_length,
+    training_eos_id,
 )
+from ram_jax.models.tokenizer_check import check_same_tokenizer
+from ram_jax.models.tokenizer_config import load_tokenizer_config
+
+TOKENIZERS = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizers")
 
 TEXTS = [
     "\n\nHuman: What is the capital of France?\n\nAssistant: The capital of France is Paris.",
@@ -58,33 +65,6 @@ def test_load_from_file_and_directory(tok, tmp_path):
         load_tokenizer(str(tmp_path / "empty"))
 
 
-def test_check_same_tokenizer_names_differing_ids(tok):
-    other = build_tokenizer(TEXTS[:2], vocab_size=290)
-    a, b = tok.get_vocab(), other.get_vocab()
-    first = min(i for s, i in a.items() if b.get(s) != i)
-    token_a = next(s for s, i in a.items() if i == first)
-    with pytest.raises(ValueError) as err:
-        check_same_tokenizer(tok, other, "proposal P", "aligner Q")
-    message = str(err.value)
-    assert "proposal P has 300 tokens" in message and "aligner Q has 290" in message
-    assert f"id {first}: {token_a!r}" in message
-
-
-def test_check_same_tokenizer_sees_special_tokens_and_merges(tok):
-    renamed = json.loads(tok.to_str())
-    renamed["added_tokens"][1]["content"] = "<|padding|>"
-    renamed["model"]["vocab"]["<|padding|>"] = renamed["model"]["vocab"].pop(PAD_TOKEN)
-    with pytest.raises(
-        ValueError, match=r"special tokens differ.*id 1: '<\|pad\|>' vs '<\|padding"
-    ):
-        check_same_tokenizer(tok, type(tok).from_str(json.dumps(renamed)))
-    # Same vocabulary, one BPE merge dropped: texts would split differently.
-    fewer_merges = json.loads(tok.to_str())
-    fewer_merges["model"]["merges"].pop(0)
-    with pytest.raises(ValueError, match="'model' sections differ"):
-        check_same_tokenizer(tok, type(tok).from_str(json.dumps(fewer_merges)))
-
-
 def test_check_vocab_fits(tok):
     check_vocab_fits(get_preset("tiny-qwen", vocab_size=300), tok)  # exactly fits
     check_vocab_fits(get_preset("tiny-qwen", vocab_size=320), tok)  # padded rows are fine
@@ -94,7 +74,8 @@ def test_check_vocab_fits(tok):
 
 def test_eos_token_ids(tok):
     assert eos_token_ids(tok) == (0,)
-    assert eos_token_ids(tok, get_preset("tiny-qwen").replace(eos_token_ids=(1,))) == (1, 0)
+    # The config's ids win (from_hf_config reads generation_config.json, else config.json).
+    assert eos_token_ids(tok, get_preset("tiny-qwen").replace(eos_token_ids=(1,))) == (1,)
     with pytest.raises(ValueError, match="eos_token_id 151643 is not a token id"):
         eos_token_ids(tok, get_preset("qwen2.5-0.5b"))
     no_eos = build_tokenizer(TEXTS, vocab_size=300, special_tokens=(PAD_TOKEN,))
@@ -119,3 +100,33 @@ def test_slice_vocab():
     np.testing.assert_array_equal(slice_vocab(logits, 7), logits[..., :7])
     with pytest.raises(ValueError, match="vocab_limit=11 exceeds"):
         slice_vocab(logits, 11)
+
+
+def _files(name):
+    path = os.path.join(TOKENIZERS, name)
+    tok = load_tokenizer(path)
+    return tok, load_tokenizer_config(path, tok)
+
+
+def test_eos_from_the_tokenizer_files_and_the_pair_union(tmp_path):
+    """generation_config.json, else config.json, else the tokenizer; P x Q stops on both."""
+    tok, tc = _files("qwen2.5-instruct")
+    endoftext, im_end = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|im_end|>")
+    assert tc.eos_token == "<|im_end|>" and tc.pad_token == "<|endoftext|>"
+    assert eos_token_ids(tok, None, tc) == (im_end,)  # the tokenizer's own eos_token
+    # A Qwen2.5-3B-Instruct-like aligner: config.json says im_end, generation_config both.
+    instruct = tmp_path / "instruct"
+    instruct.mkdir()
+    hf = get_preset("tiny-qwen", vocab_size=512).to_hf_dict()
+    (instruct / "config.json").write_text(json.dumps({**hf, "eos_token_id": im_end}))
+    shutil.copy(os.path.join(TOKENIZERS, "qwen2.5-instruct", "generation_config.json"), instruct)
+    q_config = from_hf_config(str(instruct))
+    assert q_config.eos_token_ids == (im_end, endoftext)
+    # A base Qwen2.5-14B-like proposal stops only on <|endoftext|>.
+    p_config = get_preset("tiny-qwen", vocab_size=512, eos_token_ids=(endoftext,))
+    assert pair_eos_ids(tok, p_config, None, tc) == (endoftext,)
+    assert pair_eos_ids(tok, p_config, q_config, tc) == (endoftext, im_end)
+    # Training appends the tokenizer's eos_token (what transformers trainers append).
+    assert training_eos_id(tok, p_config, tc) == im_end
+    base_tok, base_tc = _files("qwen2.5-base")
+    assert training_eos_id(base_tok, p_config, base_tc) == endoftext

@@ -149,24 +149,77 @@ def test_schedules():
         optim.make_schedule("linear", 1.0, 10)
 
 
-def test_bf16_compute_keeps_float32_master_weights_and_tiny_updates(examples):
+def test_reference_rmsprop_is_torch_rmsprop_on_bfloat16_bit_for_bit():
+    """The reference's pure-bf16 RMSprop: parameters and state equal torch's, bit for bit."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    w0 = (0.02 * rng.standard_normal((64, 48))).astype(np.float32)
+    grads = [(1e-3 * rng.standard_normal(w0.shape)).astype(np.float32) for _ in range(3)]
+    bits = lambda t: t.detach().view(torch.int16).numpy()
+    for lr in (2e-7, 1e-3):
+        w_t = torch.nn.Parameter(torch.from_numpy(w0).to(torch.bfloat16))
+        opt_t = torch.optim.RMSprop([w_t], lr=lr)
+        opt = optim.make_optimizer("rmsprop", optax.constant_schedule(lr), precision="reference")
+        update = jax.jit(opt.update)
+        w = jnp.asarray(w0, jnp.bfloat16)
+        state = opt.init(w)
+        for g in grads:
+            w_t.grad = torch.from_numpy(g).to(torch.bfloat16)
+            opt_t.step()
+            u, state = update(jnp.asarray(g), state, w)  # float32 grads, rounded inside
+            w = optax.apply_updates(w, u)
+            assert w.dtype == state.square_avg.dtype == jnp.bfloat16
+            np.testing.assert_array_equal(np.asarray(w).view(np.int16), bits(w_t), f"lr {lr}")
+            avg = opt_t.state[w_t]["square_avg"]
+            np.testing.assert_array_equal(np.asarray(state.square_avg).view(np.int16), bits(avg))
+        changed = np.mean(np.asarray(w) != np.asarray(jnp.asarray(w0, jnp.bfloat16)))
+        assert (changed < 0.2) if lr < 1e-5 else (changed > 0.9), (lr, changed)
+    with pytest.raises(ValueError, match="precision='reference' reproduces"):
+        optim.make_optimizer("adamw", optax.constant_schedule(1.0), precision="reference")
+
+
+def _changed_fraction(before, after) -> float:
+    """Of the layers' weights (every one gets a gradient, unlike unseen embedding rows)."""
+    pairs = zip(jax.tree.leaves(before["layers"]), jax.tree.leaves(after["layers"]), strict=True)
+    return float(np.mean(np.concatenate([(np.asarray(a) != b).ravel() for a, b in pairs])))
+
+
+@pytest.mark.parametrize("precision", ["float32", "reference"])
+def test_one_step_at_lr_2e7_under_each_precision(examples, precision):
+    """float32 master weights take (nearly) every update; the reference's bf16 parameters
+    and RMSprop state keep their dtype and round most of them away."""
     mesh = shd.make_mesh(devices=jax.devices()[:1])
-    config = CONFIG.replace(dtype="bfloat16")
-    state, step = _setup(mesh, lr=2e-7, config=config, warmup=0.0)
+    config = CONFIG.replace(param_dtype=optim.param_dtype_for(precision), dtype="bfloat16")
+    schedule = optax.constant_schedule(2e-7)
+    opt = optim.make_optimizer("rmsprop", schedule, clip_norm=10.0, precision=precision)
+    abstract = train.abstract_state(config, opt)
+    shardings = train.state_shardings(abstract, mesh)
+    state = train.init_state(config, opt, jax.random.key(0), shardings)
+    step = train.make_train_step(config, OBJ, opt, schedule, shardings, mesh, vocab_limit=384)
     before = jax.device_get(state.params)
-    state, metrics = step(state, train.put_batch(_batches(examples[0]).batch(0, 0), mesh), None)
-    after = jax.device_get(state.params)
+    batch = _batches(examples[0]).batch(0, 0)
+    state, metrics = step(state, train.put_batch(batch, mesh), None)
     assert float(metrics["lr"]) == pytest.approx(2e-7)
-    assert all(x.dtype == np.float32 for x in jax.tree.leaves(after))
-    # In bfloat16 parameters (8 mantissa bits) almost every 2e-7 update would round away.
-    k0, k1 = (p["layers"]["mlp"]["up_proj"]["kernel"] for p in (before, after))
-    assert np.mean(k0 != k1) > 0.9
-    # The same update applied to bfloat16 parameters mostly vanishes.
-    k0_bf16 = k0.astype(jnp.bfloat16)
-    vanished = (k0_bf16 + (k1 - k0).astype(jnp.bfloat16)) == k0_bf16
-    assert np.mean(vanished) > 0.5
-    with pytest.raises(ValueError, match="float32 master weights"):
-        train.abstract_state(CONFIG.replace(param_dtype="bfloat16"), optax.sgd(1.0))
+    dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))}
+    changed = _changed_fraction(before, jax.device_get(state.params))
+    if precision == "float32":
+        assert dtypes == {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
+        assert changed > 0.95, changed
+        return
+    assert dtypes == {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.int32)}
+    assert 0 < changed < 0.1, changed
+    # bf16 parameters with an optimizer that would widen its state are refused while tracing.
+    plain = optim.make_optimizer("rmsprop", schedule)
+    abstract = train.abstract_state(config, plain)
+    widening = train.make_train_step(
+        config, OBJ, plain, schedule, train.state_shardings(abstract, mesh), mesh, vocab_limit=384
+    )
+    shapes = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    with pytest.raises(ValueError, match="turns state .* from bfloat16 into float32"):
+        jax.eval_shape(widening, abstract, shapes(batch), None)
+    with pytest.raises(ValueError, match="float32 master weights or bfloat16"):
+        train.abstract_state(CONFIG.replace(param_dtype="float16"), optax.sgd(1.0))
 
 
 def test_ram_sft_lowers_proposal_sample_logprob_relative_to_sft(examples):

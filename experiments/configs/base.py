@@ -74,12 +74,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             )
         }
     )
-    c.model.param_dtype = "float32"  # master weights; keep float32 (bf16 loses 2e-7 updates).
     c.model.dtype = "float32"  # compute dtype: 'bfloat16' for bf16 matmuls.
     c.model.remat = False  # rematerialise each layer in the backward pass (saves memory).
 
+    # How the trained parameters and optimizer state are stored. 'float32':
+    # float32 master weights and RMSprop state (any compute dtype). 'reference':
+    # bfloat16 parameters and RMSprop state, rounded as torch rounds them, as
+    # the reference trained (needs optimizer.name='rmsprop'); at LR 2e-7 one
+    # step then changes only a few percent of the weights (README: Training).
+    c.precision = "float32"
+
     # Tokenizer: a tokenizer.json file or a directory holding one (usually the
-    # HF model directory). Both models of a RAM pair must share it.
+    # HF model directory, whose tokenizer_config.json gives the EOS, the BOS rule
+    # and the chat template). Both models of a RAM pair must share it.
     c.tokenizer = ""
 
     # --- Frozen reference model, used by objective 'dpo' only. It is an
@@ -109,17 +116,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.train_file = ""  # .jsonl / .json file, or a built dataset tfds:NAME/CONFIG:SPLIT.
     c.data.eval_file = ""  # held-out file; empty: hold out `eval_fraction` of train.
     c.data.eval_fraction = 0.0  # used only without eval_file.
-    c.data.format = "auto"  # 'auto' | 'rows' | 'hh' ('auto': hh if rows lack 'prompt').
+    # 'auto' | 'rows' | 'messages' | 'hh' ('auto': messages if rows have 'messages'
+    # and no 'chosen', else rows if they have 'prompt', else hh).
+    c.data.format = "auto"
     # Applied to every prompt before tokenization; '{prompt}' keeps it verbatim.
     # UltraChat / TL;DR in the paper: '\n\nHuman: {prompt}\n\nAssistant: '.
+    # 'chat': the tokenizer's own chat template (Instruct models; 'messages' rows).
     c.data.prompt_template = "{prompt}"
     c.data.max_length = 2048  # prompt + response tokens (EOS included).
     c.data.max_prompt_length = 1024  # prompts are left-truncated (their end is kept).
     c.data.bucket_min = 64  # pad each batch to the next power of two >= this (<= max_length).
     c.data.shuffle = True  # seed-determined permutation, a new one each epoch.
-    # Start every prompt with the tokenizer's BOS. The reference adds none;
-    # sample_proposal and generate take --add_bos, which must agree with this.
-    c.data.add_bos = False
+    # Start every prompt with the tokenizer's BOS: None does what transformers'
+    # tokenizer(text) does (its add_bos_token or post-processor: Llama-3 adds
+    # <|begin_of_text|>, Qwen2.5 nothing; under 'chat' the template decides),
+    # True / False force it. The reference adds none (the paper configs set
+    # False). sample_proposal and generate take --add_bos / --noadd_bos, which
+    # must agree with this.
+    c.data.add_bos = config_dict.placeholder(bool)
 
     # --- Optimisation.
     c.batch_size = 64  # global sequences per optimizer step (all hosts, all microbatches).

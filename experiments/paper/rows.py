@@ -17,6 +17,8 @@ Paper settings (RAM.md sections 2-3, and the reference scripts):
   from the 1B/3B model SFT'd on HH and use the dataset's rejected responses as
   negatives; UltraChat / TL;DR aligners start from the base model and use
   offline proposal samples.
+  Precision as the reference trained: bfloat16 parameters and RMSprop state
+  (`precision='reference'`), bf16 compute; no BOS before prompts (`add_bos=False`).
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ def stage_config(row: Row, stage: str, runlocal: bool = False):
     preset = PROPOSALS[row.family][1] if big else SMALL[row.family][2]
     c.model.init = "hf"
     c.model.preset = preset
+    c.precision = "reference"
+    c.data.add_bos = False
     c.data.prompt_template = row.template
     c.data.max_length, c.data.max_prompt_length = row.lengths
     _paper_optim(c, 1e-6)
@@ -155,9 +159,10 @@ def stage_config(row: Row, stage: str, runlocal: bool = False):
         c.data.max_length, c.data.max_prompt_length = 3072 + 10, 2048 + 10
         if stage == "corrector":
             c.model.init = "checkpoint"  # from corrector_warmup
-    # Memory (`python -m ram_jax.plan --table`): FSDP over every chip, bf16 compute on
-    # float32 master weights, per-layer remat and 8 microbatches (one example per chip
-    # per microbatch on 8 chips), which fits the 1B aligner on a v5e-8.
+    # Memory (`python -m ram_jax.plan --table`, planned for float32 master weights, so
+    # an upper bound for these bf16 parameters): FSDP over every chip, bf16 compute,
+    # per-layer remat and 8 microbatches (one example per chip per microbatch on 8
+    # chips), which fits the 1B aligner on a v5e-8.
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
     c.model.dtype = "bfloat16"
     c.model.remat = True

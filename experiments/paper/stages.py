@@ -34,6 +34,8 @@ SETTINGS = (
     "data.max_length",
     "data.max_prompt_length",
     "data.prompt_template",
+    "data.add_bos",
+    "precision",
     "model.dtype",
     "model.remat",
     "mesh.data",
@@ -202,6 +204,7 @@ class Planner:
             f"--input={self.train_jsonl}",
             f"--output={self.samples}",
             f"--prompt_template={self.row.template}",
+            "--noadd_bos",
             f"--max_prompt_length={self.lengths[1]}",
             f"--temperature={s.temperature}",
             f"--top_p={s.top_p}",
@@ -225,6 +228,7 @@ class Planner:
             f"--tokenizer={self.tokenizer}",
             f"--prompts={prompts or self.eval_json}",
             f"--template={template or self.row.template}",
+            "--noadd_bos",
             f"--output={output}",
         ]
         if aligner:

@@ -1,4 +1,5 @@
-"""Training data: rows from JSON/JSONL (or HH), tokenized groups, deterministic batches."""
+"""Training data: rows from JSON/JSONL (rows, messages or HH), templates and chat templates,
+tokenized groups, deterministic batches."""
 
 from ram_jax.data.pipeline import Batches, DataIterator, eval_batches
 from ram_jax.data.rows import DataError, Row

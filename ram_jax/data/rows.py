@@ -1,14 +1,19 @@
-"""Training rows: their two layouts (rows, Anthropic HH) and their validation.
+"""Training rows: their three layouts (rows, messages, Anthropic HH) and their validation.
 
-Two layouts are accepted:
+Three layouts are accepted:
 
-  rows  {"prompt": str, "chosen": str, "rejected"?: str, "sampling"?: str | [str, ...]}
-        `sampling` holds one or K responses sampled offline from the proposal
-        (see `ram_jax.sample_proposal`).
-  hh    Anthropic HH-RLHF: {"chosen": conversation, "rejected": conversation};
-        the prompt is everything up to and including the last
-        "\\n\\nAssistant:" of `chosen`, which `rejected` must share; the
-        responses are the remainders.
+  rows      {"prompt": str | messages, "chosen": str, "rejected"?: str,
+             "sampling"?: str | [str, ...]}
+            `sampling` holds one or K responses sampled offline from the proposal
+            (see `ram_jax.sample_proposal`).
+  messages  {"messages": [{"role": ..., "content": ...}, ..., {"role": "assistant",
+             "content": chosen}], "rejected"?: str, "sampling"?: ...} (UltraChat's
+            own format): the prompt is the conversation before the last message,
+            which must be the assistant's; rendered by the `chat` template.
+  hh        Anthropic HH-RLHF: {"chosen": conversation, "rejected": conversation};
+            the prompt is everything up to the last "\\n\\nAssistant: ", that
+            space included (as the reference splits), which `rejected` must
+            share; the responses are the remainders.
 
 Every problem is reported with the file and line (`ram_jax.io` reads the files).
 An HH pair whose two conversations differ before the last assistant turn is
@@ -23,16 +28,22 @@ from typing import Any
 
 from absl import logging
 
+from ram_jax.data.chat_template import check_messages
 from ram_jax.io import DataError
 
 HH_ASSISTANT = "\n\nAssistant:"
+FORMATS = ("auto", "rows", "messages", "hh")
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One training example, before templating and tokenization."""
+    """One training example, before templating and tokenization.
 
-    prompt: str
+    `prompt` is a string, or a conversation (a tuple of message dicts) for
+    the `chat` template.
+    """
+
+    prompt: str | tuple[dict, ...]
     chosen: str
     rejected: str | None = None
     sampling: tuple[str, ...] = ()
@@ -59,11 +70,19 @@ def _text(obj: dict, key: str, where: str, required: bool) -> str | None:
 
 
 def split_hh(conversation: str, where: str) -> tuple[str, str]:
-    """(prompt ending in '\\n\\nAssistant:', final response) of an HH conversation."""
+    """(prompt ending in '\\n\\nAssistant: ', final response) of an HH conversation.
+
+    The space after the last "\\n\\nAssistant:" stays in the prompt, as the
+    reference splits (at "\\n\\nAssistant: "), so the boundary token matches
+    its training and decoding; a turn with no space (an empty final response)
+    ends the prompt at the colon.
+    """
     cut = conversation.rfind(HH_ASSISTANT)
     if cut < 0:
         raise DataError(f"{where}: HH conversation has no {HH_ASSISTANT!r} turn.")
     cut += len(HH_ASSISTANT)
+    if conversation[cut : cut + 1] == " ":
+        cut += 1
     return conversation[:cut], conversation[cut:]
 
 
@@ -92,14 +111,22 @@ def parse_row(obj, where: str, fmt: str = "auto", need: tuple[str, ...] = ()) ->
     Args:
       obj: the parsed JSON value.
       where: 'file:line' for messages.
-      fmt: 'rows', 'hh' or 'auto' (hh when the object has no 'prompt').
+      fmt: 'rows', 'messages', 'hh' or 'auto' (messages when the object has
+        'messages' and no 'chosen', else rows when it has 'prompt', else hh).
       need: fields the objective requires beyond prompt/chosen
         ('rejected' and/or 'sampling').
     """
     if not isinstance(obj, dict):
         raise DataError(f"{where}: each row must be a JSON object, got {type(obj).__name__}.")
     if fmt == "auto":
-        fmt = "rows" if "prompt" in obj else "hh"
+        if "messages" in obj and "chosen" not in obj:
+            fmt = "messages"
+        else:
+            fmt = "rows" if "prompt" in obj else "hh"
+    if fmt == "messages":
+        prompt, chosen = _split_messages(obj.get("messages"), where)
+        rejected = _text(obj, "rejected", where, "rejected" in need)
+        return Row(prompt, chosen, rejected, _samples(obj, where, "sampling" in need), where, obj)
     if fmt == "hh":
         chosen_conv = _text(obj, "chosen", where, True)
         rejected_conv = _text(obj, "rejected", where, "rejected" in need)
@@ -107,15 +134,39 @@ def parse_row(obj, where: str, fmt: str = "auto", need: tuple[str, ...] = ()) ->
         samples = _samples(obj, where, "sampling" in need)
         return Row(prompt, chosen, rejected, samples, where, obj)
     if fmt != "rows":
-        raise ValueError(f"data.format={fmt!r}: use 'auto', 'rows' or 'hh'.")
+        raise ValueError(f"data.format={fmt!r}: use one of {FORMATS}.")
+    prompt = obj.get("prompt")
     return Row(
-        prompt=_text(obj, "prompt", where, True),
+        prompt=_conversation(prompt, where)
+        if isinstance(prompt, list)
+        else _text(obj, "prompt", where, True),
         chosen=_text(obj, "chosen", where, True),
         rejected=_text(obj, "rejected", where, "rejected" in need),
         sampling=_samples(obj, where, "sampling" in need),
         where=where,
         source=obj,
     )
+
+
+def _conversation(messages, where: str) -> tuple[dict, ...]:
+    try:
+        return tuple(check_messages(messages, where))
+    except ValueError as e:
+        raise DataError(str(e)) from None
+
+
+def _split_messages(messages, where: str) -> tuple[tuple[dict, ...], str]:
+    """(the conversation before the last message, the last message's content)."""
+    conversation = _conversation(messages, f"{where}: 'messages'")
+    last = conversation[-1]
+    if last["role"] != "assistant" or not isinstance(last.get("content"), str):
+        raise DataError(
+            f"{where}: the last message must be the assistant's response (a string 'content'), "
+            f"got role {last['role']!r}; it is the target the model is trained on."
+        )
+    if len(conversation) < 2:
+        raise DataError(f"{where}: 'messages' holds a response but no prompt before it.")
+    return conversation[:-1], last["content"]
 
 
 def _samples(obj: dict, where: str, required: bool) -> tuple[str, ...]:

@@ -81,16 +81,35 @@ def tokenize_rows(
     negatives: str = "sampling",
     prompt_template: str = "{prompt}",
     bos_id: int | None = None,
+    chat_template: str | None = None,
+    special_tokens: dict[str, str] | None = None,
 ) -> Examples:
-    """Tokenizes rows into `Examples` (see module docstring)."""
+    """Tokenizes rows into `Examples` (see module docstring).
+
+    `bos_id`, `chat_template` and `special_tokens` are passed to
+    `templates.encode_prompts` (the last two matter for the `chat` template).
+    """
     if not 0 < max_prompt_length < max_length:
         raise ValueError(
             f"need 0 < max_prompt_length ({max_prompt_length}) < max_length ({max_length}) so "
             "every response keeps at least one token."
         )
+    if templates.resolve(prompt_template) != templates.CHAT:
+        for r in rows:
+            if not isinstance(r.prompt, str):
+                raise DataError(
+                    f"{r.where}: the prompt is a conversation (messages), which only the 'chat' "
+                    f"template renders; set data.prompt_template='chat' (got {prompt_template!r})."
+                )
     groups = [responses_for(r, objective, negatives) for r in rows]
     prompt_ids = templates.encode_prompts(
-        tok, [r.prompt for r in rows], prompt_template, bos_id=bos_id, max_length=max_prompt_length
+        tok,
+        [r.prompt for r in rows],
+        prompt_template,
+        bos_id=bos_id,
+        max_length=max_prompt_length,
+        chat_template=chat_template,
+        special_tokens=special_tokens,
     )
     flat = [resp for g in groups for resp in g]
     response_ids = tok.encode_batch(flat, add_special_tokens=False)

@@ -15,10 +15,10 @@ helpful-base and 300 harmless-base test prompts (split `test300` of those
 configs) with the chosen response as the reference.
 
 Rows: `prompt` is the conversation up to and including the last
-"\\n\\nAssistant:", `chosen` / `rejected` the two final responses (they keep
-their leading space). A pair whose two conversations differ before the last
-response cannot be a preference between responses; such pairs are dropped
-and counted (a known quirk of a few HH rows; the reference instead cuts the
+"\\n\\nAssistant: " (the space too, as the reference splits), `chosen` /
+`rejected` the two final responses. A pair whose two conversations differ
+before the last response cannot be a preference between responses; such
+pairs are dropped and counted (a known quirk of a few HH rows; the reference instead cuts the
 rejected text at the chosen prompt's length, pairing it with a response to a
 different conversation, so its count can exceed ours by those rows).
 """
@@ -34,6 +34,12 @@ from ram_jax.data.rows import MismatchedPair, split_hh_pair
 from ram_jax.datasets import builder, manual
 from ram_jax.io import read_records
 
+# 1.1.0 moved the space after the last "Assistant:" from the responses into the prompt.
+_VERSION = tfds.core.Version("1.1.0")
+_RELEASE_NOTES = {
+    "1.1.0": 'The space after the last "\\n\\nAssistant:" ends the prompt (as the reference).',
+    "1.0.0": "First release.",
+}
 SUBSETS = ("helpful-base", "harmless-base", "helpful-online", "helpful-rejection-sampled")
 INSTRUCTIONS = """
 Download the Anthropic HH-RLHF files from https://github.com/anthropics/hh-rlhf
@@ -58,7 +64,7 @@ def read_pairs(path: str, stats: dict | None = None) -> Iterator[dict]:
 
 class RamHhRlhfConfig(tfds.core.BuilderConfig):
     def __init__(self, *, subsets: tuple[str, ...], **kwargs):
-        super().__init__(version=builder.RowsBuilder.VERSION, **kwargs)
+        super().__init__(version=_VERSION, **kwargs)
         self.subsets = subsets
 
 
@@ -66,6 +72,8 @@ class RamHhRlhf(builder.RowsBuilder):
     """Anthropic HH-RLHF preference pairs split into prompt / chosen / rejected."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+    VERSION = _VERSION
+    RELEASE_NOTES = _RELEASE_NOTES
     BUILDER_CONFIGS = [
         RamHhRlhfConfig(name=s, subsets=(s,), description=f"HH-RLHF {s}") for s in SUBSETS
     ] + [RamHhRlhfConfig(name="all", subsets=SUBSETS, description="all four subsets (160,800)")]

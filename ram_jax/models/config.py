@@ -15,6 +15,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+GENERATION_CONFIG_FILE = "generation_config.json"
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
@@ -39,6 +40,8 @@ class ModelConfig:
     tokenizer's length (Qwen2.5 pads it); decoders and losses slice logits to
     the tokenizer length. `param_dtype` is the storage dtype of the weights
     (float32 master weights for training), `dtype` the compute dtype.
+    `eos_token_ids` are the ids that end a response (`generation_config.json`'s,
+    else `config.json`'s); `bos_token_id` / `pad_token_id` as in `config.json`.
     """
 
     vocab_size: int
@@ -57,6 +60,7 @@ class ModelConfig:
     architecture: str = "llama"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
     param_dtype: str = "float32"
     dtype: str = "float32"
 
@@ -135,16 +139,37 @@ class ModelConfig:
                     self.rope_scaling.original_max_position_embeddings
                 ),
             }
-        if self.bos_token_id is not None:
-            out["bos_token_id"] = self.bos_token_id
-        if self.eos_token_ids:
-            eos = list(self.eos_token_ids)
-            out["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+        out.update(self.special_token_ids())
         return out
 
+    def special_token_ids(self) -> dict[str, Any]:
+        """`bos_token_id`, `eos_token_id` (an id or a list) and `pad_token_id` for HF files.
 
-def from_hf_dict(hf: dict[str, Any], *, source: str = "config.json", **overrides) -> ModelConfig:
-    """Builds a `ModelConfig` from the contents of an HF `config.json`."""
+        Written even when unknown (null): `transformers` would otherwise assume
+        its own defaults (Llama: bos 1, eos 2).
+        """
+        eos = list(self.eos_token_ids)
+        return {
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": None if not eos else eos[0] if len(eos) == 1 else eos,
+            "pad_token_id": self.pad_token_id,
+        }
+
+
+def from_hf_dict(
+    hf: dict[str, Any],
+    *,
+    source: str = "config.json",
+    generation: dict[str, Any] | None = None,
+    **overrides,
+) -> ModelConfig:
+    """Builds a `ModelConfig` from the contents of an HF `config.json`.
+
+    `generation` is the model's `generation_config.json`, if any: its
+    `eos_token_id` decides when a response ends (Instruct models list several
+    there, e.g. Llama-3.1's `<|eot_id|>`), and it fills BOS / PAD ids the
+    config lacks.
+    """
     archs = hf.get("architectures") or []
     model_type = hf.get("model_type")
     arch = next((SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES), None)
@@ -179,8 +204,12 @@ def from_hf_dict(hf: dict[str, Any], *, source: str = "config.json", **overrides
     theta = hf.get("rope_theta")
     if theta is None and isinstance(rs, dict):
         theta = rs.get("rope_theta")
-    eos = hf.get("eos_token_id")
+    generation = generation or {}
+    eos = generation.get("eos_token_id")
+    if eos is None:
+        eos = hf.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+    special = lambda key: hf[key] if hf.get(key) is not None else generation.get(key)
     num_heads = hf["num_attention_heads"]
     kwargs = dict(
         vocab_size=hf["vocab_size"],
@@ -197,21 +226,31 @@ def from_hf_dict(hf: dict[str, Any], *, source: str = "config.json", **overrides
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         qkv_bias=True if arch == "qwen2" else bool(hf.get("attention_bias", False)),
         architecture=arch,
-        bos_token_id=hf.get("bos_token_id"),
+        bos_token_id=special("bos_token_id"),
         eos_token_ids=eos_ids,
+        pad_token_id=special("pad_token_id"),
     )
     kwargs.update(overrides)
     return ModelConfig(**kwargs)
 
 
 def from_hf_config(path: str, **overrides) -> ModelConfig:
-    """Reads `config.json` (or a directory holding it) into a `ModelConfig`."""
+    """Reads `config.json` (or a directory holding it) into a `ModelConfig`.
+
+    A `generation_config.json` next to it supplies the EOS ids (`from_hf_dict`).
+    """
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no config.json; pass an HF model directory.")
     with open(path) as f:
-        return from_hf_dict(json.load(f), source=path, **overrides)
+        hf = json.load(f)
+    generation = None
+    generation_path = os.path.join(os.path.dirname(path), GENERATION_CONFIG_FILE)
+    if os.path.exists(generation_path):
+        with open(generation_path) as f:
+            generation = json.load(f)
+    return from_hf_dict(hf, source=path, generation=generation, **overrides)
 
 
 _LLAMA31_SCALING = RopeScaling(8.0, 1.0, 4.0, 8192)

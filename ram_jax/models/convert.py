@@ -5,8 +5,10 @@ or a sharded `model.safetensors.index.json`) without torch, one tensor at a
 time, into preallocated stacked arrays, so host memory peaks at about one copy
 of the parameters; with `shardings` each finished parameter goes straight to
 its devices. `save_hf` writes a directory that `transformers`
-`AutoModelForCausalLM.from_pretrained` loads. Pickle-based `.bin` checkpoints
-are never read or written.
+`AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
+load: weights, `config.json` and `generation_config.json` with the BOS / EOS /
+PAD ids, and the tokenizer files. Pickle-based `.bin` checkpoints are never
+read or written.
 
 Names: HF `model.layers.{i}.self_attn.q_proj.weight` [out, in] is layer `i` of
 our `layers/attn/q_proj/kernel` [L, in, out]; the full table is `_LAYER_NAMES`
@@ -36,7 +38,9 @@ from absl import logging
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from ram_jax.models.config import ModelConfig, from_hf_config
+from ram_jax.models.config import GENERATION_CONFIG_FILE, ModelConfig, from_hf_config
+from ram_jax.models.tokenizer import eos_token_ids
+from ram_jax.models.tokenizer_config import TokenizerConfig, write_tokenizer_files
 from ram_jax.models.transformer import Params, abstract_params
 
 CONFIG_FILE = "config.json"
@@ -124,6 +128,26 @@ def _weight_files(path: str) -> dict[str, str]:
         f"{path}: no {WEIGHTS_FILE} or {INDEX_FILE}; ram_jax reads safetensors checkpoints only "
         "(re-save a pickle .bin checkpoint with save_pretrained(safe_serialization=True))."
     )
+
+
+def checkpoint_dtype(path: str) -> str:
+    """The dtype an HF checkpoint stores its weights in ("bfloat16", "float32", "float16").
+
+    Read from the safetensors header of the embedding (no tensor data is read),
+    so it is right even when `config.json` names none or the wrong one.
+    """
+    files = _weight_files(path)
+    name = _GLOBAL_NAMES[("embed", "embedding")]
+    if name not in files:
+        raise ValueError(f"{path}: no tensor {name!r}; not a Llama / Qwen2 checkpoint.")
+    with safetensors.safe_open(files[name], framework="numpy") as f:
+        stored = f.get_slice(name).get_dtype()
+    dtypes = {"BF16": "bfloat16", "F32": "float32", "F16": "float16"}
+    if stored not in dtypes:
+        raise ValueError(
+            f"{files[name]}: weights stored as {stored}; ram_jax reads {sorted(dtypes)}."
+        )
+    return dtypes[stored]
 
 
 def load_hf(
@@ -298,10 +322,14 @@ def save_hf(
     dtype: str | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     tokenizer: Tokenizer | None = None,
+    tokenizer_config: TokenizerConfig | None = None,
 ) -> None:
-    """Writes an HF model directory (`config.json`, safetensors, optional tokenizer).
+    """Writes an HF model directory: weights, `config.json`, `generation_config.json`, tokenizer.
 
-    The result loads with `transformers.AutoModelForCausalLM.from_pretrained`.
+    The result loads with `transformers.AutoModelForCausalLM.from_pretrained`, and
+    with a `tokenizer` also `AutoTokenizer` (`write_tokenizer_files`). Both JSON
+    configs carry the config's BOS / EOS / PAD ids (no EOS in the config: the
+    tokenizer's), so `generate` stops where the model was trained to.
     Weights are stored in `dtype` (default: `config.param_dtype`), split into
     `model-0000k-of-0000n.safetensors` shards with an index when they exceed
     `max_shard_bytes`. Everything is written into a temporary directory next
@@ -318,6 +346,8 @@ def save_hf(
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"save_hf dtype={dtype!r}: use float32, bfloat16 or float16.")
     dtype = np.dtype(jax.numpy.dtype(dtype))
+    if tokenizer is not None and not config.eos_token_ids:
+        config = config.replace(eos_token_ids=eos_token_ids(tokenizer, None, tokenizer_config))
     source = _TensorSource(params, config, dtype)
     if jax.process_index() != 0:
         for i in range(len(source.leaves)):  # take part in the cross-process gathers
@@ -338,6 +368,8 @@ def save_hf(
         hf_config["torch_dtype"] = str(dtype)
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(hf_config, f, indent=2)
+        with open(os.path.join(tmp, GENERATION_CONFIG_FILE), "w") as f:
+            json.dump(config.special_token_ids(), f, indent=2)
         weight_map = {}
         bar = tqdm(
             total=len(sizes), unit="tensor", desc="save_hf", disable=sum(sizes) < _PROGRESS_BYTES
@@ -359,7 +391,13 @@ def save_hf(
             with open(os.path.join(tmp, INDEX_FILE), "w") as f:
                 json.dump(index, f, indent=2)
         if tokenizer is not None:
-            tokenizer.save(os.path.join(tmp, "tokenizer.json"))
+            write_tokenizer_files(
+                tmp,
+                tokenizer,
+                tokenizer_config,
+                eos_id=config.eos_token_ids[0],
+                model_max_length=config.max_position_embeddings,
+            )
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,9 +1,10 @@
-"""Tokenizers: load `tokenizer.json`, build a small one offline, check vocabularies.
+"""Tokenizers: load `tokenizer.json`, build a small one offline, the ids of BOS and EOS.
 
 Only the `tokenizers` library is used (never `transformers`, which may import
-torch). The proposal and the aligner must share one tokenizer: RAM multiplies
-their next-token distributions id by id, so `check_same_tokenizer` runs before
-any joint decoding.
+torch). The HF files around `tokenizer.json` (special tokens, BOS rule, chat
+template) are read by `ram_jax.models.tokenizer_config`; the proposal and the
+aligner must share one tokenizer, which `ram_jax.models.tokenizer_check`
+verifies before any joint decoding.
 
 Vocabulary sizes: a model's `config.vocab_size` counts embedding rows, which
 may exceed the tokenizer (Qwen2.5-7B/14B: 152064 rows, 151665 token ids).
@@ -15,21 +16,24 @@ for your own code.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 
 import jax
+from absl import logging
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ram_jax.models.config import ModelConfig
+from ram_jax.models.tokenizer_config import (
+    KNOWN_BOS,
+    KNOWN_EOS,
+    TokenizerConfig,
+    default_bos_id,
+    inferred_config,
+)
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
-# End-of-text strings of the supported base-model families (Qwen2.5, Llama-3).
-_KNOWN_EOS = ("<|endoftext|>", "<|end_of_text|>")
-# Begin-of-text strings (Llama-3; SentencePiece-style models). Qwen2.5 has none.
-_KNOWN_BOS = ("<|begin_of_text|>", "<s>")
 
 
 def load_tokenizer(path: str) -> Tokenizer:
@@ -100,63 +104,6 @@ def slice_vocab(logits_xV: jax.Array, vocab_limit: int) -> jax.Array:
     return logits_xV[..., :vocab_limit]
 
 
-def _id_to_token(tok: Tokenizer) -> dict[int, str]:
-    return {i: s for s, i in tok.get_vocab(with_added_tokens=True).items()}
-
-
-def _special_tokens(tok: Tokenizer) -> dict[int, str]:
-    return {i: t.content for i, t in tok.get_added_tokens_decoder().items() if t.special}
-
-
-def _first_differences(a: dict[int, str], b: dict[int, str], limit: int = 5) -> list[str]:
-    lines = []
-    for i in sorted(set(a) | set(b)):
-        if a.get(i) != b.get(i):
-            lines.append(f"id {i}: {a.get(i, '<absent>')!r} vs {b.get(i, '<absent>')!r}")
-            if len(lines) == limit:
-                break
-    return lines
-
-
-def check_same_tokenizer(
-    tok_a: Tokenizer, tok_b: Tokenizer, name_a: str = "proposal", name_b: str = "aligner"
-) -> None:
-    """Raises ValueError unless both tokenizers map text to the same ids.
-
-    Compares the id -> token tables, the special tokens, and the rest of the
-    pipeline (normalizer, pre-tokenizer, BPE merges, post-processor, decoder).
-    The message shows the sizes, the first differing ids with their strings
-    and the differing special tokens.
-    """
-    vocab_a, vocab_b = _id_to_token(tok_a), _id_to_token(tok_b)
-    problems = []
-    if vocab_a != vocab_b:
-        problems.append(
-            f"vocabularies differ: {name_a} has {len(vocab_a)} tokens "
-            f"(length {tokenizer_length(tok_a)}), {name_b} has {len(vocab_b)} "
-            f"(length {tokenizer_length(tok_b)}); first differing ids "
-            f"({name_a} vs {name_b}): " + "; ".join(_first_differences(vocab_a, vocab_b))
-        )
-    special_a, special_b = _special_tokens(tok_a), _special_tokens(tok_b)
-    if special_a != special_b:
-        problems.append(
-            f"special tokens differ ({name_a} vs {name_b}): "
-            + "; ".join(_first_differences(special_a, special_b))
-        )
-    if not problems:
-        json_a, json_b = json.loads(tok_a.to_str()), json.loads(tok_b.to_str())
-        for section in ("normalizer", "pre_tokenizer", "model", "post_processor", "decoder"):
-            if json_a.get(section) != json_b.get(section):
-                problems.append(f"the tokenizers' {section!r} sections differ")
-    if problems:
-        raise ValueError(
-            f"{name_a} and {name_b} do not share one tokenizer, so their next-token "
-            "distributions cannot be combined id by id: "
-            + " | ".join(problems)
-            + ". Use an aligner from the proposal's model family with the same tokenizer.json."
-        )
-
-
 def check_vocab_fits(config: ModelConfig, tok: Tokenizer, name: str = "model") -> None:
     """Raises ValueError if the tokenizer has ids beyond the model's embedding rows."""
     length = tokenizer_length(tok)
@@ -169,13 +116,20 @@ def check_vocab_fits(config: ModelConfig, tok: Tokenizer, name: str = "model") -
         )
 
 
-def bos_token_id(tok: Tokenizer, config: ModelConfig | None = None) -> int:
+def bos_token_id(
+    tok: Tokenizer,
+    config: ModelConfig | None = None,
+    tokenizer_config: TokenizerConfig | None = None,
+) -> int:
     """The id prompts start with when a BOS is asked for (`data.add_bos`, `--add_bos`).
 
-    The config's `bos_token_id` (from `config.json`) if it is a token of this
-    tokenizer, else the tokenizer's own begin-of-text token. Raises ValueError
-    when there is none (Qwen2.5 models have no BOS).
+    The tokenizer's `bos_token` (`tokenizer_config.json`), else the config's
+    `bos_token_id` (`config.json`) if it is a token of this tokenizer, else a
+    well-known begin-of-text token. Raises ValueError when there is none
+    (Qwen2.5 models have no BOS).
     """
+    if tokenizer_config is not None and tokenizer_config.bos_token is not None:
+        return tokenizer_config.token_id(tok, "bos_token")
     length = tokenizer_length(tok)
     if config is not None and config.bos_token_id is not None:
         if not 0 <= config.bos_token_id < length:
@@ -184,23 +138,49 @@ def bos_token_id(tok: Tokenizer, config: ModelConfig | None = None) -> int:
                 f"(length {length}); the config and tokenizer.json come from different models."
             )
         return int(config.bos_token_id)
-    for text in _KNOWN_BOS:
+    for text in KNOWN_BOS:
         i = tok.token_to_id(text)
         if i is not None:
             return i
     raise ValueError(
-        f"a BOS token was asked for, but the config lists none and the tokenizer has none of "
-        f"{list(_KNOWN_BOS)}; turn add_bos off (the reference adds no BOS)."
+        f"a BOS token was asked for, but neither the tokenizer files nor the config name one and "
+        f"the tokenizer has none of {list(KNOWN_BOS)}; turn add_bos off (the reference adds "
+        "no BOS)."
     )
 
 
-def eos_token_ids(tok: Tokenizer, config: ModelConfig | None = None) -> tuple[int, ...]:
-    """The token ids that end a response, for stopping decoding.
+def prompt_bos_id(
+    tok: Tokenizer,
+    tokenizer_config: TokenizerConfig,
+    add_bos: bool | None,
+    template: str,
+    config: ModelConfig | None = None,
+) -> int | None:
+    """The BOS every prompt starts with (`encode_prompts(bos_id=...)`), or None.
 
-    The config's `eos_token_ids` (from `config.json`) come first, followed by
-    whichever of the base-model end-of-text tokens `<|endoftext|>` (Qwen2.5,
-    `build_tokenizer`) and `<|end_of_text|>` (Llama-3) the tokenizer has.
-    Raises ValueError if there is none, or if a config id is not a token.
+    `add_bos` None follows the tokenizer as `transformers` does
+    (`default_bos_id`: its post-processor's BOS), except under
+    the `chat` template, whose text holds any BOS it wants (`{{ bos_token }}`);
+    True forces the tokenizer's BOS (`bos_token_id`), False leaves it out.
+    """
+    if add_bos is None:
+        return None if template == "chat" else default_bos_id(tok)
+    return bos_token_id(tok, config, tokenizer_config) if add_bos else None
+
+
+def eos_token_ids(
+    tok: Tokenizer,
+    config: ModelConfig | None = None,
+    tokenizer_config: TokenizerConfig | None = None,
+) -> tuple[int, ...]:
+    """The token ids that end a model's response, for stopping decoding.
+
+    The config's `eos_token_ids` when it has any (`from_hf_config` reads them
+    from `generation_config.json`, else `config.json`); otherwise the
+    tokenizer's: its `eos_token` (`tokenizer_config.json`), else whichever of
+    the base-model end-of-text tokens `<|endoftext|>` (Qwen2.5,
+    `build_tokenizer`) and `<|end_of_text|>` (Llama-3) it has. Raises
+    ValueError if there is none, or if a config id is not a token.
     """
     length = tokenizer_length(tok)
     ids = list(config.eos_token_ids) if config is not None else []
@@ -210,14 +190,56 @@ def eos_token_ids(tok: Tokenizer, config: ModelConfig | None = None) -> tuple[in
                 f"config eos_token_id {i} is not a token id of this tokenizer (length {length}); "
                 "the config and tokenizer.json come from different models."
             )
-    for text in _KNOWN_EOS:
-        i = tok.token_to_id(text)
-        if i is not None and i not in ids:
-            ids.append(i)
-    if not ids:
+    if ids:
+        return tuple(ids)
+    tokenizer_config = tokenizer_config or inferred_config(tok)
+    eos = tokenizer_config.token_id(tok, "eos_token")
+    if eos is None:
         raise ValueError(
-            f"no end-of-sequence token: the config lists none and the tokenizer has none of "
-            f"{list(_KNOWN_EOS)}; add one (build_tokenizer(special_tokens=...)) or set "
-            "eos_token_ids in the ModelConfig."
+            f"no end-of-sequence token: the config lists none, the tokenizer files name none and "
+            f"the tokenizer has none of {list(KNOWN_EOS)}; add one (build_tokenizer("
+            "special_tokens=...)) or set eos_token_ids in the ModelConfig."
         )
-    return tuple(ids)
+    return (eos,)
+
+
+def training_eos_id(
+    tok: Tokenizer, config: ModelConfig, tokenizer_config: TokenizerConfig | None = None
+) -> int:
+    """The EOS appended to every training response.
+
+    The tokenizer's `eos_token` when its files name one (what `transformers`
+    trainers append: `<|eot_id|>` for Llama-3 Instruct, `<|im_end|>` for
+    Qwen2.5 Instruct, the end-of-text token for base models), else the
+    model's first EOS id.
+    """
+    if tokenizer_config is not None and tokenizer_config.eos_token is not None:
+        return tokenizer_config.token_id(tok, "eos_token")
+    return eos_token_ids(tok, config, tokenizer_config)[0]
+
+
+def pair_eos_ids(
+    tok: Tokenizer,
+    p_config: ModelConfig,
+    q_config: ModelConfig | None = None,
+    tokenizer_config: TokenizerConfig | None = None,
+) -> tuple[int, ...]:
+    """The ids that stop decoding of a proposal / aligner pair: both models' EOS ids.
+
+    An aligner tuned from an Instruct model ends its answers with its own EOS
+    (Qwen2.5 Instruct: `<|im_end|>`), which a base proposal does not stop on;
+    decoding stops at either model's EOS. The union is logged.
+    """
+    p_ids = eos_token_ids(tok, p_config, tokenizer_config)
+    if q_config is None:
+        return p_ids
+    q_ids = eos_token_ids(tok, q_config, tokenizer_config)
+    ids = tuple(dict.fromkeys(p_ids + q_ids))
+    name = lambda i: tok.id_to_token(i)
+    logging.info(
+        "stopping on EOS ids %s: the proposal's %s and the aligner's %s",
+        [f"{i} {name(i)}" for i in ids],
+        list(p_ids),
+        list(q_ids),
+    )
+    return ids

@@ -23,11 +23,12 @@ from ram_jax import data as data_lib
 from ram_jax import io
 from ram_jax import sharding as shd
 from ram_jax.models.tokenizer import (
-    bos_token_id,
-    eos_token_ids,
     load_tokenizer,
+    prompt_bos_id,
     tokenizer_length,
+    training_eos_id,
 )
+from ram_jax.models.tokenizer_config import load_tokenizer_config
 from ram_jax.training import checkpoint as ckpt
 from ram_jax.training import optim
 from ram_jax.training import step as train
@@ -40,8 +41,11 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-def load_examples(config, tok, objective, eos_id, bos_id=None):
-    """(train Examples, eval Examples or None) from the data section of a config."""
+def load_examples(config, tok, objective, eos_id, bos_id=None, tokenizer_config=None):
+    """(train Examples, eval Examples or None) from the data section of a config.
+
+    `tokenizer_config` supplies the chat template (`data.prompt_template='chat'`).
+    """
     d = config.data
     if not d.train_file:
         raise ValueError("data.train_file is empty; pass --config.data.train_file=PATH.jsonl.")
@@ -65,6 +69,8 @@ def load_examples(config, tok, objective, eos_id, bos_id=None):
         negatives=config.objective.negatives,
         prompt_template=d.prompt_template,
         bos_id=bos_id,
+        chat_template=tokenizer_config.chat_template if tokenizer_config else None,
+        special_tokens=tokenizer_config.special_tokens if tokenizer_config else None,
     )
     return tokenize(rows), (tokenize(eval_rows) if eval_rows else None)
 
@@ -97,15 +103,22 @@ def run(config, workdir: str) -> dict:
     if not config.tokenizer:
         raise ValueError("config.tokenizer is empty; pass a tokenizer.json or HF model directory.")
     tok = load_tokenizer(config.tokenizer)
+    tok_config = load_tokenizer_config(config.tokenizer, tok)
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     objective = Objective.from_config(config.objective)
     model = build_model(config, tok, mesh)
     vocab_limit = tokenizer_length(tok)
-    eos_id = eos_token_ids(tok, model.config)[0]
-    bos_id = bos_token_id(tok, model.config) if config.data.add_bos else None
-    train_ex, eval_ex = load_examples(config, tok, objective, eos_id, bos_id)
-
+    eos_id = training_eos_id(tok, model.config, tok_config)
     d = config.data
+    bos_id = prompt_bos_id(tok, tok_config, d.add_bos, d.prompt_template, model.config)
+    logging.info(
+        "responses end with EOS %d %r; prompts start with %s",
+        eos_id,
+        tok.id_to_token(eos_id),
+        "no BOS" if bos_id is None else f"BOS {bos_id} {tok.id_to_token(bos_id)!r}",
+    )
+    train_ex, eval_ex = load_examples(config, tok, objective, eos_id, bos_id, tok_config)
+
     per_micro = config.batch_size // max(config.grad_accum, 1)
     row_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.batch_size % config.grad_accum or per_micro % row_shards:
@@ -271,7 +284,7 @@ def run(config, workdir: str) -> dict:
     export_dir = ""
     if config.export:
         export_dir = config.export_dir or os.path.join(workdir, "export")
-        model.export(state.params, export_dir, tok)
+        model.export(state.params, export_dir, tok, tok_config, eos_id=eos_id)
     writer.close()
     summary = {
         "step": final_step,

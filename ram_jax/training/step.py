@@ -3,8 +3,10 @@
 The state is (step, params, opt_state) of the trained model only. A frozen
 model (the DPO reference) is a separate argument of the step: never donated,
 never given optimizer state, never checkpointed. Parameters are float32
-master weights whatever the compute dtype (at LR 2e-7 bfloat16 parameters
-would round most updates away).
+master weights whatever the compute dtype, or bfloat16 under the
+reference's precision (`optim.reference_rmsprop`; at LR 2e-7 most updates
+then round away, as they did in the paper's runs). Gradients are always
+accumulated in float32.
 
 The step is one `jax.jit` with explicit in/out shardings that donates the
 state. Its batch is `[A, b, G, T]` (`ram_jax.data.pipeline`): a `lax.scan`
@@ -43,17 +45,30 @@ class TrainState:
     opt_state: Any
 
 
-def _check_master_dtype(config: ModelConfig) -> None:
-    if config.param_dtype != "float32":
+def _check_param_dtype(config: ModelConfig) -> None:
+    if config.param_dtype not in ("float32", "bfloat16"):
         raise ValueError(
-            f"training needs float32 master weights, got param_dtype={config.param_dtype!r}; "
-            "set model.param_dtype='float32' (use model.dtype='bfloat16' for bf16 compute)."
+            f"trained parameters are float32 master weights or bfloat16 (precision='reference'), "
+            f"got param_dtype={config.param_dtype!r}; use model.dtype for the compute dtype."
         )
+
+
+def _check_state_dtypes(before, after) -> None:
+    """The optimizer must keep its state's dtypes (checked once, while tracing)."""
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(before)[0], jax.tree.leaves(after), strict=True
+    ):
+        if a.dtype != b.dtype:
+            raise ValueError(
+                f"the optimizer turns state {jax.tree_util.keystr(path)} from {a.dtype} into "
+                f"{b.dtype}; bfloat16 parameters need an optimizer that keeps its state in their "
+                "dtype (precision='reference' with optimizer.name='rmsprop')."
+            )
 
 
 def abstract_state(config: ModelConfig, optimizer: optax.GradientTransformation) -> TrainState:
     """The state's shapes and dtypes (`ShapeDtypeStruct`s); allocates nothing."""
-    _check_master_dtype(config)
+    _check_param_dtype(config)
     params = abstract_params(config)
     return jax.eval_shape(
         lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), params
@@ -85,10 +100,13 @@ def init_state(
 
 
 def state_from_params(
-    params, optimizer: optax.GradientTransformation, shardings: TrainState
+    params,
+    optimizer: optax.GradientTransformation,
+    shardings: TrainState,
+    param_dtype: str = "float32",
 ) -> TrainState:
     """A fresh state (step 0, new optimizer state) around loaded, sharded params."""
-    params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+    params = jax.tree.map(lambda x: x.astype(param_dtype), params)
     create = lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p))
     return jax.jit(create, in_shardings=(shardings.params,), out_shardings=shardings)(params)
 
@@ -206,7 +224,7 @@ def make_train_step(
     Metrics (replicated scalars): loss, grad_norm, lr, examples, target_tokens,
     chosen_logp, sample_logp / rejected_logp, and accuracy / margin for DPO.
     """
-    _check_master_dtype(config)
+    _check_param_dtype(config)
     sums_fn = jax.value_and_grad(
         lambda p, m, r: _microbatch_sums(
             p,
@@ -239,6 +257,7 @@ def make_train_step(
         (grads, numer, denom, sums), _ = jax.lax.scan(body, init, batch)
         grads = jax.tree.map(lambda g: g / jnp.maximum(denom, 1e-30), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        _check_state_dtypes(state.opt_state, opt_state)
         params = optax.apply_updates(state.params, updates)
         metrics = _finish_metrics(numer, denom, sums)
         metrics["grad_norm"] = optax.tree.norm(grads)
