@@ -7,7 +7,15 @@ Any config field can be overridden with `--config.<field>=<value>`. Rerunning
 the same command resumes from the latest checkpoint in --workdir. On several
 hosts (TPU pod slices, SLURM), run the same command on every host;
 `jax.distributed.initialize()` is called when a multi-process launch is
-detected (or forced with --distributed).
+detected (or forced with --distributed). Elsewhere name the processes yourself,
+e.g. two processes on one machine (CPU collectives go through gloo):
+
+  python -m ram_jax.main ... --coordinator_address=127.0.0.1:1234 --num_processes=2 \
+      --process_id=0    # and --process_id=1 in a second shell
+
+If a process dies, the others stop with "the JAX distributed service detected
+fatal errors" once its heartbeats are missing for --heartbeat_timeout seconds;
+rerun every process to resume from the last checkpoint.
 """
 
 import logging
@@ -34,12 +42,32 @@ _DISTRIBUTED = flags.DEFINE_enum(
     "Call jax.distributed.initialize().",
     flag_values=FLAGS,
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0 (default: $JAX_COORDINATOR_ADDRESS or the cluster's).",
+    flag_values=FLAGS,
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the run (default: the cluster's).", flag_values=FLAGS
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index (default: the cluster's).", flag_values=FLAGS
+)
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout",
+    100,
+    "Seconds without heartbeats after which a process counts as dead and the run stops.",
+    flag_values=FLAGS,
+)
 flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 
 _MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
 
 
 def _multi_process_launch() -> bool:
+    if _NUM_PROCESSES.value is not None or _COORDINATOR.value:
+        return True
     if any(os.environ.get(k) for k in _MULTI_PROCESS_ENV):
         return True
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
@@ -66,7 +94,12 @@ def main(argv):
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
 
     if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _multi_process_launch()):
-        jax.distributed.initialize()
+        jax.distributed.initialize(
+            _COORDINATOR.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            heartbeat_timeout_seconds=_HEARTBEAT.value,
+        )
     from ram_jax.training import loop as train_loop
 
     train_loop.run(config, _WORKDIR.value)

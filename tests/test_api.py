@@ -21,6 +21,8 @@ def test_subpackages_hold_their_modules():
         "models": (
             "config",
             "transformer",
+            "attention",
+            "quantize",
             "cache",
             "rope",
             "convert",

@@ -54,6 +54,12 @@ def test_activation_formula_by_hand():
     logits = 12 * 256
     assert plan.activation_bytes_per_token(cfg, t, remat=False) == 2 * layer + logits
     assert plan.activation_bytes_per_token(cfg, t, remat=True) == 2 * 2 * 64 + layer + logits
+    # Fused kernels keep no T x T tensor: kernel-layout copies of q, k, v and the
+    # output, plus a float32 log-sum-exp per head.
+    fused = 2 * 960 + 2 * (2 * 4 * 16 + 2 * 2 * 16) + 4 * 4
+    for kernel in ("cudnn", "splash"):
+        assert plan.activation_bytes_per_token(cfg, t, False, kernel) == 2 * fused + logits
+    assert plan.activation_bytes_per_token(cfg, t, False, "xla") == 2 * layer + logits
     m = plan.train_memory(
         cfg,
         _rmsprop(),
@@ -90,6 +96,19 @@ def test_activation_formula_by_hand():
             max_length=t,
             remat=True,
         )
+
+
+def test_plan_follows_each_backends_attention():
+    one_b = get_preset("llama-3.2-1b", dtype="bfloat16")
+    assert plan.training_attention(one_b, 2048, plan.DEVICES["8xH100"].backend) == "cudnn"
+    assert plan.training_attention(one_b, 2048, plan.DEVICES["v5e-8"].backend) == "splash"
+    assert plan.training_attention(one_b.replace(dtype="float32"), 2048, "gpu") == "xla"
+    assert plan.training_attention(one_b, 2048, "cpu") == "xla"
+    naive = plan.activation_bytes_per_token(one_b, 2048, False, "naive")
+    fused = plan.activation_bytes_per_token(one_b, 2048, False, "cudnn")
+    # Without remat, at 2048 tokens the naive scores dominate: 16 layers x 14 x 32 x 2048 B.
+    assert naive - fused == 16 * (14 * 32 * 2048 - 2 * (2 * 2048 + 2 * 512) - 4 * 32)
+    assert naive > 3 * fused
 
 
 def test_decode_kv_cache_bytes_by_hand():

@@ -17,14 +17,20 @@ Everything else is an estimate whose formula is stated here:
   activations  tokens_dev = batch / (grad_accum * data * fsdp) * G * T, with G
                sequences per example (sft 1; ram_sft, ram_dpo, dpo 2; ram_mc 1 + K)
                and T = max_length (the longest bucket). Per token and layer, with
-               s bytes per compute-dtype element (naive attention, as in transformer.py):
-                 A = s * (6 D + 2 N H + 2 K H + 3 F) + (12 + s) * N * T
+               s bytes per compute-dtype element, the attention implementation
+               the device's backend runs (`ram_jax.models.attention.resolve`):
+                 naive, xla (TPU/GPU fallbacks, CPU):
+                   A = s * (6 D + 2 N H + 2 K H + 3 F) + (12 + s) * N * T
+                 cudnn (GPU, bf16), splash (TPU):
+                   A = s * (6 D + 2 N H + 2 K H + 3 F) + s * (2 N H + 2 K H) + 4 N
                (norm inputs/outputs, residuals, q/k/v, attention output, MLP
-               gate/up/product; over T keys three float32 tensors, the scores, the
-               masked scores and their exponentials, plus the compute-dtype
+               gate/up/product. Naive: over T keys three float32 tensors, the scores,
+               the masked scores and their exponentials, plus the compute-dtype
                probabilities: what XLA kept per layer on an H200, where 4 + s
-               under-estimated by 2x). Logits: 12 V bytes per token (float32
-               logits, log-softmax, their gradient).
+               under-estimated by 2x. Fused kernels keep no T x T tensor: the copies
+               of q, k, v and the output laid out for the kernel (rotated rows for
+               cuDNN, head-major for splash) and a float32 log-sum-exp per head.)
+               Logits: 12 V bytes per token (float32 logits, log-softmax, their gradient).
                  no remat:  tokens_dev * (L * A + 12 V)
                  remat:     tokens_dev * (L * s * D + A + 12 V)
                (per-layer remat keeps each layer's input and recomputes one layer).
@@ -33,9 +39,10 @@ Everything else is an estimate whose formula is stated here:
                KV caches 2 * L * B * S * K * H * s per model, the batch split over
                (data, fsdp) when it divides.
 XLA's own buffers, fragmentation and collectives' scratch are not modelled:
-keep the estimate under about 90% of HBM. Measured on one H200 (bf16 compute, one
-ram_sft example = 2 sequences per microbatch, grad_accum 2; allocator peak vs
-plan; script experiments/paper/check_plan_gpu.py):
+keep the estimate under about 90% of HBM. Measured on one H200 with naive
+attention, before the fused kernels (bf16 compute, one ram_sft example = 2
+sequences per microbatch, grad_accum 2; allocator peak vs plan; script
+experiments/paper/check_plan_gpu.py):
   Llama-3.2-1B remat, T 2048:     23.2 GB vs 28.5 GB planned
   Qwen2.5-3B remat, T 2048:       51.7 GB vs 59.0 GB
   Llama-3.2-1B remat, T 1024:     20.4 GB vs 24.4 GB
@@ -54,6 +61,7 @@ import jax.numpy as jnp
 from jax.sharding import AbstractMesh, AxisType
 
 from ram_jax import sharding as shd
+from ram_jax.models import attention
 from ram_jax.models.config import ModelConfig
 from ram_jax.models.transformer import abstract_params
 from ram_jax.training.losses import Objective
@@ -63,21 +71,36 @@ GiB = 1024**3
 
 @dataclasses.dataclass(frozen=True)
 class Device:
-    """An accelerator slice: chips and HBM per chip."""
+    """An accelerator slice: chips, HBM per chip, and the JAX backend that drives it."""
 
     name: str
     chips: int
     hbm_bytes: int
+    backend: str
 
 
 DEVICES = {
-    "v5e-8": Device("v5e-8", 8, 16 * GiB),
-    "v4-8": Device("v4-8", 4, 32 * GiB),
-    "8xH100": Device("8xH100", 8, 80 * GiB),
+    "v5e-8": Device("v5e-8", 8, 16 * GiB, "tpu"),
+    "v4-8": Device("v4-8", 4, 32 * GiB, "tpu"),
+    "8xH100": Device("8xH100", 8, 80 * GiB, "gpu"),
     # Larger slices, for the proposal stages that an 8-chip TPU slice cannot hold.
-    "v5e-32": Device("v5e-32", 32, 16 * GiB),
-    "v4-16": Device("v4-16", 8, 32 * GiB),
+    "v5e-32": Device("v5e-32", 32, 16 * GiB, "tpu"),
+    "v4-16": Device("v4-16", 8, 32 * GiB, "tpu"),
 }
+
+FUSED_ATTENTION = ("cudnn", "splash")
+
+
+def training_attention(config: ModelConfig, seq_len: int, backend: str) -> str:
+    """The attention implementation a training step runs on `backend` ('auto')."""
+    return attention.resolve(
+        "auto",
+        cached=False,
+        t=seq_len,
+        dtype=config.dtype,
+        head_dim=config.head_dim,
+        backend=backend,
+    )
 
 
 def abstract_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1) -> AbstractMesh:
@@ -136,13 +159,21 @@ def layer_weight_bytes(config: ModelConfig, mesh: AbstractMesh) -> int:
     return n * jnp.dtype(config.dtype).itemsize // tensor
 
 
-def activation_bytes_per_token(config: ModelConfig, seq_len: int, remat: bool) -> int:
-    """The module docstring's A-formula, per token, summed over layers (+ logits)."""
+def activation_bytes_per_token(
+    config: ModelConfig, seq_len: int, remat: bool, attention: str = "naive"
+) -> int:
+    """The module docstring's A-formula, per token, summed over layers (+ logits).
+
+    `attention` is the implementation that runs (`training_attention` for a backend).
+    """
     c = config
     s = jnp.dtype(c.dtype).itemsize
     n, k, h = c.num_heads, c.num_kv_heads, c.head_dim
     layer = s * (6 * c.hidden_size + 2 * n * h + 2 * k * h + 3 * c.intermediate_size)
-    layer += (12 + s) * n * seq_len
+    if attention in FUSED_ATTENTION:
+        layer += s * (2 * n * h + 2 * k * h) + 4 * n
+    else:
+        layer += (12 + s) * n * seq_len
     logits = 12 * c.vocab_size
     if remat:
         return c.num_layers * s * c.hidden_size + layer + logits
@@ -159,8 +190,12 @@ def train_memory(
     grad_accum: int,
     max_length: int,
     remat: bool,
+    attention: str = "naive",
 ) -> dict[str, int]:
-    """Per-device bytes of one training stage (keys: params ... total)."""
+    """Per-device bytes of one training stage (keys: params ... total).
+
+    `attention`: the implementation the step runs (`training_attention(config, T, backend)`).
+    """
     group = objective.group_size
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch_size % (grad_accum * rows):
@@ -175,7 +210,7 @@ def train_memory(
         "optimizer": optimizer_bytes(config, optimizer, mesh),
         "gradients": p * (2 if grad_accum > 1 else 1),
         "gathered": 2 * layer_weight_bytes(config, mesh),
-        "activations": tokens * activation_bytes_per_token(config, max_length, remat),
+        "activations": tokens * activation_bytes_per_token(config, max_length, remat, attention),
         "reference": p if objective.needs_reference else 0,
     }
     out["total"] = sum(out.values())

@@ -19,6 +19,7 @@ from ram_jax.planning.memory import (
     gib,
     suggest_grad_accum,
     train_memory,
+    training_attention,
 )
 from ram_jax.training.losses import Objective
 from ram_jax.training.model import model_config_for
@@ -43,8 +44,9 @@ def plan_training(config, device: Device, mesh: AbstractMesh) -> dict[str, int]:
     from ram_jax.training import optim
 
     optimizer, _ = optim.from_config(config, total_steps=1000)
+    model = stage_model_config(config)
     return train_memory(
-        stage_model_config(config),
+        model,
         optimizer,
         mesh,
         objective=Objective.from_config(config.objective),
@@ -52,6 +54,7 @@ def plan_training(config, device: Device, mesh: AbstractMesh) -> dict[str, int]:
         grad_accum=config.grad_accum,
         max_length=config.data.max_length,
         remat=config.model.remat,
+        attention=training_attention(model, config.data.max_length, device.backend),
     )
 
 
@@ -73,6 +76,7 @@ def _fit_cell(cfg: ModelConfig, optimizer, mesh, device, objective, remat_option
             grad_accum=grad_accum,
             max_length=2048,
             remat=remat,
+            attention=training_attention(cfg, 2048, device.backend),
         )["total"]
 
     for remat in remat_options:

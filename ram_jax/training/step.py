@@ -18,6 +18,7 @@ large-batch gradient (weights: examples, or tokens for token-mean SFT).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -136,14 +137,26 @@ def model_sequence_logprobs(
     *,
     vocab_limit: int | None = None,
     remat: bool = False,
+    attention: str = "auto",
 ) -> jax.Array:
     """`log Q(y|x)` of right- or left-padded sequences under a model, float32 [B]."""
-    logits, _ = forward(params, tokens_BxT, config, mask_BxT=mask_BxT, remat=remat)
+    logits, _ = forward(
+        params, tokens_BxT, config, mask_BxT=mask_BxT, remat=remat, attention=attention
+    )
     return sequence_logprobs(logits, tokens_BxT, target_mask_BxT & mask_BxT, vocab_limit)
 
 
 def _microbatch_sums(
-    params, micro, ref_params, *, config, objective, vocab_limit, remat, ref_config
+    params,
+    micro,
+    ref_params,
+    *,
+    config,
+    objective,
+    vocab_limit,
+    remat,
+    ref_config,
+    attention="auto",
 ):
     b, g, t = micro["tokens"].shape
     flat = lambda x: x.reshape(b * g, t)
@@ -155,6 +168,7 @@ def _microbatch_sums(
         flat(micro["targets"]),
         vocab_limit=vocab_limit,
         remat=rm,
+        attention=attention,
     ).reshape(b, g)
     logp_BxG = score(params, config, remat)
     ref_logp_BxG = None
@@ -165,6 +179,20 @@ def _microbatch_sums(
         objective, logp_BxG, micro["weight"], tokens_BxG, ref_logp_BxG
     )
     return numer, (denom, metrics)
+
+
+def _in_mesh(mesh: Mesh):
+    """Traces a function under `mesh` as the context mesh (read by `jax.shard_map`)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def traced(*args):
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                return fn(*args)
+
+        return traced
+
+    return wrap
 
 
 def _finish_metrics(numer, denom, sums):
@@ -186,10 +214,13 @@ def make_train_step(
     remat: bool = False,
     ref_config: ModelConfig | None = None,
     ref_shardings=None,
+    attention: str = "auto",
 ):
     """The jitted step `(state, batch, ref_params) -> (state, metrics)`; `state` is donated.
 
     `ref_params` is the frozen reference for objective 'dpo' and None otherwise.
+    `attention` picks the attention implementation (`ram_jax.models.attention`); the
+    step traces under `mesh`, so kernels without a partitioning rule run per shard.
     Metrics (replicated scalars): loss, grad_norm, lr, examples, target_tokens,
     chosen_logp, sample_logp / rejected_logp, and accuracy / margin for DPO.
     """
@@ -204,10 +235,12 @@ def make_train_step(
             vocab_limit=vocab_limit,
             remat=remat,
             ref_config=ref_config,
+            attention=attention,
         ),
         has_aux=True,
     )
 
+    @_in_mesh(mesh)
     def step(state: TrainState, batch, ref_params):
         first = jax.tree.map(lambda x: x[0], batch)
         metric_shapes = jax.eval_shape(lambda: sums_fn(state.params, first, ref_params)[0][1][1])
@@ -249,12 +282,14 @@ def make_eval_step(
     vocab_limit: int | None,
     ref_config: ModelConfig | None = None,
     ref_shardings=None,
+    attention: str = "auto",
 ):
     """Jitted `(params, batch, ref_params) -> (numer, denom, metric sums)` for [1, b, ...] batches.
 
     Sum these over batches on the host, then `finish_eval` gives the metrics.
     """
 
+    @_in_mesh(mesh)
     def evaluate(params, batch, ref_params):
         micro = jax.tree.map(lambda x: x[0], batch)
         numer, (denom, sums) = _microbatch_sums(
@@ -266,6 +301,7 @@ def make_eval_step(
             vocab_limit=vocab_limit,
             remat=False,
             ref_config=ref_config,
+            attention=attention,
         )
         return numer, denom, sums
 
