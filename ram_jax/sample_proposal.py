@@ -4,7 +4,7 @@ r"""Synthesise the aligner's negatives: K proposal samples per training prompt.
       --proposal=/ckpt/Llama-3.1-8B-warmup [--num_samples=1 --batch_size=16]
 
 Reads a training file (rows with 'prompt', or Anthropic-HH conversations),
-decodes with the proposal alone (`ram_jax.decoding.decoder.generate`, mode 'proposal')
+decodes with the proposal alone (`ram_jax.decoding.driver.generate`, mode 'proposal')
 using the reference's settings by default (temperature 0.5, top_p 0.95,
 repetition penalty 1.05, FastChat processor order, stop at "\n\nHuman"), and
 writes every input row unchanged plus a 'sampling' field (a string for K = 1,
@@ -30,9 +30,8 @@ from tqdm import tqdm
 
 from ram_jax import cli
 from ram_jax.data import read_rows, templates
-from ram_jax.decoding import batching
-from ram_jax.decoding.decoder import generate
-from ram_jax.decoding.sampling import REFERENCE_NEGATIVES, REFERENCE_STOPS, SamplingConfig
+from ram_jax.decoding import driver
+from ram_jax.decoding.sampling import REFERENCE_NEGATIVES, REFERENCE_STOPS, SamplingParams
 from ram_jax.models.tokenizer import (
     bos_token_id,
     eos_token_ids,
@@ -64,7 +63,7 @@ def sample_file(
     p_params,
     p_config,
     tokenizer,
-    sampling: SamplingConfig,
+    sampling: SamplingParams,
     num_samples: int = 1,
     max_new_tokens: int = 256,
     batch_size: int = 16,
@@ -98,20 +97,17 @@ def sample_file(
     with open(partial, "a", encoding="utf-8") as out:
         for first in range(start, len(rows), batch_size):
             batch = prompts[first : first + batch_size]
-            result = generate(
-                p_params,
-                p_config,
+            samples = driver.generate(
+                driver.Models((p_params, p_config)),
                 [p for p in batch for _ in range(num_samples)],
-                sampling,
+                "proposal",
+                sampling.replace(max_new_tokens=max_new_tokens, stop=tuple(stops)),
                 key=jax.random.fold_in(base_key, first),
-                max_new_tokens=max_new_tokens,
                 vocab_size=vocab,
                 eos_ids=eos,
                 batch_size=batch_size * num_samples,
-            )
-            samples = batching.decode_texts(
-                tokenizer, result["tokens"], result["lengths"], eos, stops
-            )
+                tokenizer=tokenizer,
+            ).texts
             lines = []
             for i in range(len(batch)):
                 got = samples[i * num_samples : (i + 1) * num_samples]

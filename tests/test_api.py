@@ -19,7 +19,17 @@ def test_every_exported_name_resolves():
 def test_subpackages_hold_their_modules():
     layout = {
         "models": ("config", "transformer", "cache", "rope", "convert", "tokenizer"),
-        "decoding": ("sampling", "modes", "decoder", "stream", "batching"),
+        "decoding": (
+            "sampling",
+            "processors",
+            "modes",
+            "compose",
+            "decoder",
+            "driver",
+            "resample",
+            "batching",
+            "files",
+        ),
         "training": ("losses", "step", "loop", "model", "optim", "checkpoint", "metrics"),
         "data": ("rows", "templates", "tokenize", "pipeline"),
         "planning": ("memory", "report"),

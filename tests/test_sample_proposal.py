@@ -8,7 +8,7 @@ import pytest
 
 from ram_jax import sample_proposal
 from ram_jax.data import read_rows
-from ram_jax.decoding.sampling import SamplingConfig
+from ram_jax.decoding.sampling import SamplingParams
 from ram_jax.models.config import get_preset
 from ram_jax.models.convert import save_hf
 from ram_jax.models.tokenizer import load_tokenizer
@@ -16,7 +16,7 @@ from ram_jax.models.transformer import init_params
 from ram_jax.training.model import load_model
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-SAMPLING = SamplingConfig(mode="proposal", temperature=1.0, repetition_penalty=1.05)
+SAMPLING = SamplingParams(temperature=1.0, repetition_penalty=1.05)
 
 
 @pytest.fixture(scope="module")

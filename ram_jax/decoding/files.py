@@ -1,0 +1,155 @@
+"""Decoding from and to files: models from directories, prompts from JSON, outputs written.
+
+`decode_file` is what `python -m ram_jax.generate` runs, callable with
+arguments: it checks everything cheap first (output path, template, prompts,
+the mode against the models given, every aligner's tokenizer against the
+proposal's), then loads the models once in the decoder's layer layout,
+decodes through `driver.generate`, and writes AlpacaEval JSON (a list of
+{instruction, output, generator}) plus `<output>.metrics.json`, atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import jax
+from tqdm import tqdm
+
+from ram_jax import io
+from ram_jax.data import templates
+from ram_jax.decoding import batching, driver
+from ram_jax.decoding.modes import Mode
+from ram_jax.decoding.resample import SeqSir
+from ram_jax.decoding.sampling import SamplingParams
+from ram_jax.models import tokenizer as T
+from ram_jax.training.model import load_model, model_dir
+
+
+def read_prompts(path: str) -> list[str]:
+    """Instructions from a JSON list or JSONL file (field `instruction` or `prompt`)."""
+    out = []
+    for where, row in io.read_objects(path):
+        value = row.get("instruction", row.get("prompt"))
+        if not isinstance(value, str):
+            raise io.DataError(
+                f"{where}: record has no string field 'instruction' or 'prompt' "
+                f"(fields: {sorted(row)})."
+            )
+        out.append(value)
+    return out
+
+
+def _name(path: str) -> str:
+    return os.path.basename(os.path.normpath(path))
+
+
+def load_models(proposal: str, aligners: Sequence[str], dtype: str, tokenizer=None):
+    """`(Models, tokenizer)` from HF directories or training workdirs (their `export/`).
+
+    Every aligner that ships a tokenizer must share the proposal's (or the
+    given `tokenizer` path's); the models are arranged in the decoder's
+    layer layout once.
+    """
+    p_dir = model_dir(proposal) or proposal
+    tok = T.load_tokenizer(tokenizer or p_dir)
+    q_dirs = [model_dir(a) or a for a in aligners]
+    for i, q_dir in enumerate(q_dirs):
+        if os.path.isfile(os.path.join(q_dir, "tokenizer.json")):
+            T.check_same_tokenizer(tok, T.load_tokenizer(q_dir), "proposal", f"aligner {i}")
+    loaded = [load_model(p_dir, dtype, "--proposal")]
+    loaded += [load_model(q, dtype, "--aligner") for q in q_dirs]
+    for name, (config, _) in zip(["proposal", *q_dirs], loaded, strict=True):
+        T.check_vocab_fits(config, tok, name)
+    pairs = [(params, config) for config, params in loaded]
+    return driver.Models(pairs[0], tuple(pairs[1:])).arranged(), tok
+
+
+def decode_file(
+    *,
+    proposal: str,
+    prompts: str,
+    output: str,
+    mode: Mode,
+    params: SamplingParams,
+    aligners: Sequence[str] = (),
+    seq_sir: SeqSir | None = None,
+    template: str = "raw",
+    add_bos: bool = False,
+    tokenizer: str | None = None,
+    dtype: str = "float32",
+    batch_size: int = 8,
+    chunk: int = 16,
+    seed: int = 0,
+    generator: str | None = None,
+    progress: bool = True,
+) -> tuple[driver.DecodeRecord, dict]:
+    """Decodes every prompt of `prompts` and writes `output`; returns `(record, metrics)`.
+
+    `proposal` decodes alone in mode `proposal` (any HF directory: the demo's
+    baselines pass the small model here). Prompt i uses the key
+    `split(key(seed), P)[i]`, so outputs do not depend on `batch_size`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    io.check_output_path(output, "--output")
+    templates.resolve(template)
+    instructions = read_prompts(prompts)
+    needed = max(mode.min_aligners, 1 if seq_sir else 0)
+    if len(aligners) < needed:
+        raise ValueError(f"mode {mode.name!r} needs --aligner; or use --mode=proposal.")
+    models, tok = load_models(proposal, aligners, dtype, tokenizer)
+    vocab = T.tokenizer_length(tok)
+    p_config = models.proposal[1]
+    eos = T.eos_token_ids(tok, p_config)
+    pad = tok.token_to_id(T.PAD_TOKEN)
+    pad = eos[0] if pad is None else pad
+    bos = T.bos_token_id(tok, p_config) if add_bos else None
+    ids = templates.encode_prompts(tok, instructions, template, bos_id=bos)
+    batching.check_prompts(ids, params.max_new_tokens, [c for c in models.configs if c], vocab)
+
+    bar = tqdm(total=len(ids), unit="prompt", desc=f"decode {mode.name}", disable=not progress)
+
+    def on_chunk(chunk: driver.Chunk) -> None:
+        if chunk.final:
+            bar.update(len(set(chunk.prompts[chunk.prompts >= 0].tolist())))
+
+    record = driver.generate(
+        models,
+        ids,
+        mode,
+        params,
+        key=jax.random.key(seed),
+        vocab_size=vocab,
+        eos_ids=eos,
+        pad_id=pad,
+        batch_size=batch_size,
+        chunk=chunk,
+        seq_sir=seq_sir,
+        tokenizer=tok,
+        on_chunk=on_chunk,
+    )
+    bar.close()
+    name = mode.name + (f"-seq_sir{seq_sir.num_candidates}" if seq_sir else "")
+    generator = generator or (
+        f"ram_jax-{name}-{_name(model_dir(proposal) or proposal)}"
+        + "".join(f"+{_name(model_dir(a) or a)}" for a in aligners)
+    )
+    io.write_json(
+        output,
+        [
+            {"instruction": i, "output": t, "generator": generator}
+            for i, t in zip(instructions, record.texts, strict=True)
+        ],
+    )
+    metrics = {
+        **record.metrics(),
+        "output": output,
+        "mode_fields": dataclasses.asdict(mode),
+        "seq_sir": seq_sir.num_candidates if seq_sir else 0,
+        "aligners": list(aligners),
+        "sampling": dataclasses.asdict(params),
+    }
+    io.write_json(output + ".metrics.json", metrics)
+    return record, metrics
