@@ -1,4 +1,4 @@
-"""Scorers for the synthetic world's answers: style, accuracy, form, diversity.
+"""Scorers for the synthetic world's answers: style, format, accuracy, form, diversity.
 
 All scorers read plain answer strings (what `ram_jax.generate` writes in the
 `output` field), so they score every method the same way.
@@ -10,7 +10,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
-from experiments.demo.world import CLOSERS, OPENERS, STYLES, TARGET_STYLE
+from experiments.demo.world import CLOSERS, OPENERS, STYLES, TARGET_FACT, TARGET_STYLE
 
 _FACT_RES = (
     re.compile(
@@ -67,6 +67,12 @@ def style_compliant(text: str) -> bool:
     return opens and closes and not foreign
 
 
+def format_compliant(text: str) -> bool:
+    """States its fact in the target phrasing, and nothing in the other one."""
+    found = [bool(fact_re.search(text)) for fact_re in _FACT_RES]
+    return found[TARGET_FACT] and sum(found) == 1
+
+
 def factually_accurate(
     text: str, entity: str, attribute: str, truth: str, values: Sequence[str]
 ) -> bool:
@@ -97,7 +103,7 @@ def score_answers(
     values: dict[str, Sequence[str]],
     finished: Sequence[bool] | None = None,
 ) -> dict[str, float]:
-    """Mean style compliance, accuracy and well-formedness, and distinct-2.
+    """Mean style and format compliance, accuracy and well-formedness, and distinct-2.
 
     `examples` are the world's evaluation `Example`s in the same order as
     `answers`; `values` maps each attribute to its possible values.
@@ -110,6 +116,7 @@ def score_answers(
     n = len(answers)
     return {
         "style_compliance": sum(map(style_compliant, answers)) / n,
+        "format_compliance": sum(map(format_compliant, answers)) / n,
         "factual_accuracy": sum(
             factually_accurate(a, ex.entity, ex.attribute, ex.value, values[ex.attribute])
             for a, ex in zip(answers, examples, strict=True)

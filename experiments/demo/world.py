@@ -18,6 +18,12 @@ the same fact sentence:
 So the facts of an evaluation country are only learnable from the base corpus
 (knowledge lives in the large proposal), while the target style is only
 frequent in the aligned set (alignment lives in the small aligner).
+
+A second aligned behaviour, independent of the style: the fact sentence has
+two phrasings, equally frequent in the base corpus; the *format* set (the
+same prompts as the aligned set) answers in the base corpus's mix of styles
+but always in the target phrasing "{ent} has {val} as its {attr}.". An
+aligner trained on it alone learns the phrasing and nothing about style.
 Everything is a pure function of a seed.
 """
 
@@ -52,6 +58,7 @@ FACTS = (
     "The {attr} of {ent} is {val}.",
     "{ent} has {val} as its {attr}.",
 )
+TARGET_FACT = 1  # the format behaviour: the second phrasing
 
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black")
 NUMBERS = tuple("one two three four five six seven eight nine ten eleven twelve".split())
@@ -129,9 +136,12 @@ def _unique_names(rng, count, endings, syllables, taken=()):
     return names
 
 
-def render_answer(rng: random.Random, style: str, ent: str, attr: str, val: str) -> str:
-    """One answer in `style` stating `attr(ent) = val`."""
-    fact = rng.choice(FACTS).format(attr=attr, ent=ent, val=val)
+def render_answer(
+    rng: random.Random, style: str, ent: str, attr: str, val: str, fact: int | None = None
+) -> str:
+    """One answer in `style` stating `attr(ent) = val` (phrasing `fact`, default random)."""
+    template = rng.choice(FACTS) if fact is None else FACTS[fact]
+    fact = template.format(attr=attr, ent=ent, val=val)
     parts = []
     if OPENERS[style]:
         parts.append(rng.choice(OPENERS[style]))
@@ -217,3 +227,9 @@ def rejected_answer(rng: random.Random, ex: Example) -> str:
     """The same fact as `ex` in a non-target style: the loser of a DPO pair."""
     style = rng.choice([s for s in STYLES if s != TARGET_STYLE])
     return render_answer(rng, style, ex.entity, ex.attribute, ex.value)
+
+
+def format_answer(rng: random.Random, ex: Example, style_mix: tuple[float, ...]) -> str:
+    """`ex`'s fact in a style drawn from `style_mix`, always in the target phrasing."""
+    style = rng.choices(STYLES, weights=style_mix)[0]
+    return render_answer(rng, style, ex.entity, ex.attribute, ex.value, fact=TARGET_FACT)

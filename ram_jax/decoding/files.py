@@ -72,7 +72,7 @@ def decode_file(
     prompts: str,
     output: str,
     mode: Mode,
-    params: SamplingParams,
+    params: SamplingParams | Sequence[SamplingParams],
     aligners: Sequence[str] = (),
     seq_sir: SeqSir | None = None,
     template: str = "raw",
@@ -87,10 +87,12 @@ def decode_file(
 ) -> tuple[driver.DecodeRecord, dict]:
     """Decodes every prompt of `prompts` and writes `output`; returns `(record, metrics)`.
 
-    `proposal` decodes alone in mode `proposal` (any HF directory: the demo's
-    baselines pass the small model here). Prompt i uses the key
-    `split(key(seed), P)[i]`, so outputs do not depend on `batch_size`.
+    `params`: one `SamplingParams`, or one per prompt. `proposal` decodes
+    alone in mode `proposal` (any HF directory: the demo's baselines pass the
+    small model here). Prompt i uses the key `split(key(seed), P)[i]`, so
+    outputs do not depend on `batch_size`.
     """
+    each = [params] if isinstance(params, SamplingParams) else list(params)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1.")
     io.check_output_path(output, "--output")
@@ -107,7 +109,8 @@ def decode_file(
     pad = eos[0] if pad is None else pad
     bos = T.bos_token_id(tok, p_config) if add_bos else None
     ids = templates.encode_prompts(tok, instructions, template, bos_id=bos)
-    batching.check_prompts(ids, params.max_new_tokens, [c for c in models.configs if c], vocab)
+    most_new = max(p.max_new_tokens for p in each)
+    batching.check_prompts(ids, most_new, [c for c in models.configs if c], vocab)
 
     bar = tqdm(total=len(ids), unit="prompt", desc=f"decode {mode.name}", disable=not progress)
 
@@ -149,7 +152,9 @@ def decode_file(
         "mode_fields": dataclasses.asdict(mode),
         "seq_sir": seq_sir.num_candidates if seq_sir else 0,
         "aligners": list(aligners),
-        "sampling": dataclasses.asdict(params),
+        "sampling": [dataclasses.asdict(p) for p in each]
+        if len(each) > 1
+        else dataclasses.asdict(each[0]),
     }
     io.write_json(output + ".metrics.json", metrics)
     return record, metrics

@@ -48,11 +48,12 @@ def repetition_penalty(logits_BxV, seen_BxV, penalty_B) -> jax.Array:
     return jax.lax.cond(jnp.any(penalty_B != 1.0), apply, lambda: logits_BxV)
 
 
-def _bisect(keys_BxV: jax.Array, enough, top_B: jax.Array) -> jax.Array:
-    """Per row, the largest uint32 `t` with `enough(keys >= t)`; `enough(all)` must hold.
+def _bisect(enough, top_B: jax.Array) -> jax.Array:
+    """Per row, the largest uint32 key `t <= top` with `enough(t)` (`enough(0)` must hold).
 
-    Invariant: enough(keys >= lo) and not enough(keys >= hi); 32 halvings of
-    `[0, top + 1)` end on adjacent keys, and `lo` is then a key of the row.
+    Invariant: enough(lo) and not enough(hi); 32 halvings of `[0, top + 1)`
+    end on adjacent keys. `enough` maps `[B, 1]` keys to `[B, 1]` bools and
+    must be monotone (true up to some key, false after it).
     """
     lo = jnp.zeros(top_B.shape, jnp.uint32)[:, None]
     hi = top_B.astype(jnp.uint32)[:, None] + 1
@@ -60,7 +61,7 @@ def _bisect(keys_BxV: jax.Array, enough, top_B: jax.Array) -> jax.Array:
     def body(_, bounds):
         lo, hi = bounds
         mid = lo + (hi - lo) // 2
-        ok = enough(keys_BxV >= mid)
+        ok = enough(mid)
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
     return jax.lax.fori_loop(0, _BITS, body, (lo, hi))[0]
@@ -75,16 +76,11 @@ def _order_keys(logits_BxV: jax.Array) -> jax.Array:
 
 def top_k_mask(logits_BxV: jax.Array, top_k_B: jax.Array) -> jax.Array:
     """Tokens among the k largest of their row (ties with the k-th kept); k = 0 keeps all."""
-    use = (top_k_B > 0) & (top_k_B < logits_BxV.shape[-1])
-
-    def mask():
-        keys = _order_keys(logits_BxV)
-        k = top_k_B[:, None]
-        count = lambda kept: jnp.sum(kept, axis=-1, keepdims=True, dtype=jnp.int32) >= k
-        threshold = _bisect(keys, count, jnp.max(keys, axis=-1))
-        return (keys >= threshold) | ~use[:, None]
-
-    return jax.lax.cond(jnp.any(use), mask, lambda: jnp.ones(logits_BxV.shape, bool))
+    keys = _order_keys(logits_BxV)
+    k = top_k_B[:, None]
+    count = lambda mid: jnp.sum(keys >= mid, axis=-1, keepdims=True, dtype=jnp.int32) >= k
+    threshold = _bisect(count, jnp.max(keys, axis=-1))
+    return (keys >= threshold) | (k <= 0)
 
 
 def top_p_mask(logits_BxV: jax.Array, top_p_B: jax.Array) -> jax.Array:
@@ -95,17 +91,13 @@ def top_p_mask(logits_BxV: jax.Array, top_p_B: jax.Array) -> jax.Array:
     token tied with the last kept one is kept too. Bisects the float32
     probabilities' bit patterns (for p >= 0, bit order = value order).
     """
-    use = top_p_B < 1.0
-
-    def mask():
-        probs = jax.nn.softmax(logits_BxV, axis=-1)
-        keys = jax.lax.bitcast_convert_type(probs, jnp.uint32)
-        p = top_p_B[:, None]
-        mass = lambda kept: jnp.sum(jnp.where(kept, probs, 0.0), -1, keepdims=True) >= p
-        threshold = _bisect(keys, mass, jnp.max(keys, axis=-1))
-        return (keys >= threshold) | ~use[:, None]
-
-    return jax.lax.cond(jnp.any(use), mask, lambda: jnp.ones(logits_BxV.shape, bool))
+    probs = jnp.exp(logits_BxV - jax.nn.logsumexp(logits_BxV, axis=-1, keepdims=True))
+    as_float = lambda bits: jax.lax.bitcast_convert_type(bits, jnp.float32)
+    p = top_p_B[:, None]
+    mass = lambda mid: jnp.sum(jnp.where(probs >= as_float(mid), probs, 0.0), -1, keepdims=True)
+    top = jax.lax.bitcast_convert_type(jnp.max(probs, axis=-1), jnp.uint32)
+    threshold = _bisect(lambda mid: mass(mid) >= p, top)
+    return (probs >= as_float(threshold)) | (p >= 1.0)
 
 
 def filter_top(logits_BxV, top_p_B, top_k_B, top_k_first_B) -> jax.Array:
@@ -114,12 +106,22 @@ def filter_top(logits_BxV, top_p_B, top_k_B, top_k_first_B) -> jax.Array:
     Both keep a prefix of the row's tokens sorted by logit, so either order
     keeps the intersection of the two masks; they differ only in the mass
     top-p measures: over the top-k tokens (renormalised) when top-k comes
-    first, over all tokens otherwise.
+    first, over all tokens otherwise. Each filter runs only when some row of
+    the batch uses it.
     """
-    in_k = top_k_mask(logits_BxV, top_k_B)
-    measured = jnp.where(top_k_first_B[:, None] & ~in_k, NEG_INF, logits_BxV)
-    keep = in_k & top_p_mask(measured, top_p_B)
-    return jnp.where(keep, logits_BxV, NEG_INF)
+    use_k = jnp.any((top_k_B > 0) & (top_k_B < logits_BxV.shape[-1]))
+    use_p = jnp.any(top_p_B < 1.0)
+
+    def with_k():
+        in_k = top_k_mask(logits_BxV, top_k_B)
+        measured = jnp.where(top_k_first_B[:, None] & ~in_k, NEG_INF, logits_BxV)
+        keep = jax.lax.cond(use_p, lambda: in_k & top_p_mask(measured, top_p_B), lambda: in_k)
+        return jnp.where(keep, logits_BxV, NEG_INF)
+
+    def top_p_only():
+        return jnp.where(top_p_mask(logits_BxV, top_p_B), logits_BxV, NEG_INF)
+
+    return jax.lax.cond(use_k, with_k, lambda: jax.lax.cond(use_p, top_p_only, lambda: logits_BxV))
 
 
 def restrict(logits_BxV: jax.Array, support_BxV: jax.Array) -> jax.Array:
@@ -145,13 +147,14 @@ def sample(keys_B: jax.Array, logits_BxV: jax.Array, greedy_B: jax.Array) -> jax
 
     Inverse-CDF sampling (`draw_from_cdf`): one uniform per row rather than a
     Gumbel variate per vocabulary entry, which on CPU costs more than a
-    decode step's matmuls. A removed token owns an empty CDF interval.
+    decode step's matmuls. A removed token owns an empty CDF interval. The
+    argmax (slow on CPU) runs only when some row is greedy.
     """
-    top_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    drawn_B = jax.lax.cond(
-        jnp.all(greedy_B), lambda: top_B, lambda: draw_from_cdf(keys_B, logits_BxV, 1)[:, 0]
-    )
-    return jnp.where(greedy_B, top_B, drawn_B)
+    top = lambda: jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    drawn = lambda: draw_from_cdf(keys_B, logits_BxV, 1)[:, 0]
+    mixed = lambda: jnp.where(greedy_B, top(), drawn())
+    some = lambda: jax.lax.cond(jnp.all(greedy_B), top, mixed)
+    return jax.lax.cond(jnp.any(greedy_B), some, drawn)
 
 
 _CDF_BLOCK = 128

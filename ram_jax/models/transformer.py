@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ram_jax.models.cache import KVCache, positions_from_mask
+from ram_jax.models.cache import KVCache, positions_from_mask, write_layer
 from ram_jax.models.config import ModelConfig
 from ram_jax.models.rope import apply_rope, inverse_frequencies
 
@@ -81,24 +81,7 @@ class Attention(nnx.Module):
         if kv is None:
             keys_BxKxHxS, values_BxKxSxH = new_k, new_v
         else:
-            # Write this block's keys/values into the cache in place, then read the
-            # layer's full history back: its own arrays (unrolled layers, `layer`
-            # None) or its slice of the stacked ones.
-            k_all, v_all, index = kv
-            at = () if layer is None else (layer,)
-            lead = (lambda x: x) if layer is None else (lambda x: x[None])
-            k_all = jax.lax.dynamic_update_slice(
-                k_all, lead(new_k).astype(k_all.dtype), (*at, 0, 0, 0, index)
-            )
-            v_all = jax.lax.dynamic_update_slice(
-                v_all, lead(new_v).astype(v_all.dtype), (*at, 0, 0, index, 0)
-            )
-            if layer is None:
-                keys_BxKxHxS, values_BxKxSxH = k_all, v_all
-            else:
-                keys_BxKxHxS = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
-                values_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
-            kv = (k_all, v_all, index)
+            keys_BxKxHxS, values_BxKxSxH, kv = write_layer(kv, layer, new_k, new_v)
         keys_BxKxHxS = keys_BxKxHxS.astype(q.dtype)
         values_BxKxSxH = values_BxKxSxH.astype(cfg.jnp_dtype)
         if t == 1:
