@@ -189,7 +189,7 @@ def format_rows(aligned_sampled: list[dict], w: world_lib.World, seed: int) -> l
     rows = []
     for r, ex in zip(aligned_sampled, w.aligned, strict=True):
         assert r["prompt"] == ex.question, "sampled rows out of the aligned set's order"
-        rows.append({**r, "chosen": world_lib.format_answer(rng, ex, w.spec.style_mix)})
+        rows.append({**r, "chosen": world_lib.format_answer(rng, ex)})
     return rows
 
 

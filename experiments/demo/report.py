@@ -218,8 +218,8 @@ def write_results(
         markdown_table(means, stds, n),
         "",
         *sweep_md,
-        "style: fraction of answers in the target (polite) style; format: fraction stating the "
-        "fact in the target phrasing ('X has V as its A.'); accuracy: fraction stating "
+        "style: fraction of answers in the target (polite) style; format: fraction ending with "
+        "the citation '(Source: World Atlas.)' (the second behaviour); accuracy: fraction stating "
         "the true attribute of an entity absent from the aligned set; well-formed: parses as "
         "exactly one answer template; trainable params and train s: the alignment step only "
         "(proposal pre-training is shared; proposal-sampling time is charged to the methods "

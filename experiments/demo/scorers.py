@@ -10,7 +10,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
-from experiments.demo.world import CLOSERS, OPENERS, STYLES, TARGET_FACT, TARGET_STYLE
+from experiments.demo.world import CITATION, CLOSERS, OPENERS, STYLES, TARGET_STYLE
 
 _FACT_RES = (
     re.compile(
@@ -32,13 +32,21 @@ class Parsed:
     value: str
 
 
+def split_citation(text: str) -> tuple[str, bool]:
+    """`(answer without its closing citation, whether it had one)`."""
+    text = text.strip()
+    if text == CITATION or text.endswith(" " + CITATION):
+        return text[: -len(CITATION)].rstrip(), True
+    return text, False
+
+
 def parse_answer(text: str) -> Parsed | None:
-    """Parses `[opener] fact [closer]` with opener and closer of one style.
+    """Parses `[opener] fact [closer] [citation]` with opener and closer of one style.
 
     Returns None when the answer is not exactly one template: a missing or
     doubled part, an opener and closer of different styles, trailing text.
     """
-    text = text.strip()
+    text = split_citation(text)[0]
     for style in STYLES:
         openers = OPENERS[style] or ("",)
         closers = CLOSERS[style] or ("",)
@@ -58,9 +66,9 @@ def parse_answer(text: str) -> Parsed | None:
 
 
 def style_compliant(text: str) -> bool:
-    """Opens with a target-style opener, closes with a target-style closer,
-    and carries no marker of any other style."""
-    text = text.strip()
+    """Opens with a target-style opener, closes with a target-style closer
+    (before any citation), and carries no marker of any other style."""
+    text = split_citation(text)[0]
     opens = any(text.startswith(o + " ") for o in OPENERS[TARGET_STYLE])
     closes = any(text.endswith(" " + c) for c in CLOSERS[TARGET_STYLE])
     foreign = any(m in text for s in STYLES if s != TARGET_STYLE for m in OPENERS[s] + CLOSERS[s])
@@ -68,9 +76,9 @@ def style_compliant(text: str) -> bool:
 
 
 def format_compliant(text: str) -> bool:
-    """States its fact in the target phrasing, and nothing in the other one."""
-    found = [bool(fact_re.search(text)) for fact_re in _FACT_RES]
-    return found[TARGET_FACT] and sum(found) == 1
+    """Ends with the citation, once."""
+    body, cited = split_citation(text)
+    return cited and CITATION not in body
 
 
 def factually_accurate(
