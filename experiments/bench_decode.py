@@ -21,9 +21,10 @@ Measured in one run, on whatever device JAX and torch find (CPU here):
   par_kl_mixed: the batch-32 par_kl batch with 32 different settings per row
            (temperatures, top-p, proposal top-p and T, penalty, tau; the gate
            thresholds stay below these models' KL, as the uniform batch's),
-           against the same batch with the reference's settings on every row.
+           against the same batch with the reference's settings on every row;
+           the two batches run in turn (`bench_alternating`).
   weighted_product_2: P with both aligners, per-row weights, against the
-           sum of the three single-model steps.
+           sum of the three single-model steps, all four run in turn.
   torch_reference (`experiments/torch_reference.py`): transformers
            LlamaForCausalLM copies of P and Q1 (the same weights through
            save_hf / from_pretrained), batch 1, a Python loop over tokens
@@ -193,6 +194,20 @@ def bench_mode(name, trio, batch, prompt, new, repeats):
     }
 
 
+def bench_alternating(names, trio, batch, prompt, new, repeats):
+    """Median step seconds of each configuration, their batches run in turn.
+
+    The ratios between them (mixed vs uniform settings, two aligners vs the
+    single models) then see the same machine load.
+    """
+    steps = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names:
+            timing = decode(name, trio, batch, prompt, new, seed=i).batches[0]
+            steps[name].append((timing.seconds - timing.ttft_seconds) / timing.steps)
+    return {name: statistics.median(s) for name, s in steps.items()}
+
+
 def bench_ttft_pair(trio, prompt, new, repeats=15):
     """Median TTFT of proposal-only and par_kl at batch 1, measured alternately.
 
@@ -280,6 +295,12 @@ def main():
             }
         )
     )
+    # The two new ratios, from batches run in turn (compiled above).
+    pair = bench_alternating(("par_kl", "par_kl_mixed"), trio, 32, prompt, new, 2 * repeats + 1)
+    print(json.dumps({"config": "alternating_par_kl_mixed_b32", **pair}), flush=True)
+    four = ("weighted_product_2", "proposal_only", "aligner_only", "aligner2_only")
+    models_step = bench_alternating(four, trio, 32, prompt, new, repeats + 1)
+    print(json.dumps({"config": "alternating_two_aligners_b32", **models_step}), flush=True)
     style = bench_aligner_style(trio, prompt, new)
     print(json.dumps({"config": "aligner_style_b1", "ttft_s": style}))
     ttft = bench_ttft_pair(trio, prompt, new)
@@ -324,10 +345,9 @@ def main():
     step = lambda name: records[f"{name}_b32"]["step_s"]
     summary = {
         "par_kl_b32_vs_torch_reference": b32["tokens_per_s"] / torch_tps,
-        "mixed_vs_uniform_tokens_per_s": records["par_kl_mixed_b32"]["tokens_per_s"]
-        / b32["tokens_per_s"],
-        "two_aligner_step_vs_model_steps": step("weighted_product_2")
-        / (step("proposal_only") + step("aligner_only") + step("aligner2_only")),
+        "mixed_vs_uniform_tokens_per_s": pair["par_kl"] / pair["par_kl_mixed"],
+        "two_aligner_step_vs_model_steps": models_step["weighted_product_2"]
+        / sum(models_step[name] for name in four[1:]),
         "par_kl_b32_peak_fraction": b32["peak_fraction"],
         "par_kl_b32_peak_fraction_bound": bound["peak_fraction_bound"],
         "par_kl_b32_step_vs_bound": bound_step / b32["step_s"],
