@@ -178,12 +178,12 @@ def cases():
 def ours(mode: modes.Mode, cases) -> np.ndarray:
     """Our next-token probabilities for every case row, `[rows, V]`."""
     p = jnp.asarray(np.stack([c[0] for c in cases]), jnp.float32)
-    q = jnp.asarray(np.stack([c[1] for c in cases]), jnp.float32)[None]
+    q = jnp.asarray(np.stack([c[1] for c in cases]), jnp.float32)
     seen = np.zeros((len(cases), V), bool)
     for i, c in enumerate(cases):
         seen[i, c[2]] = True
     rows = RowSettings.stack([c[3] for c in cases], 1, (EOS,))
-    x = modes.Logits(p_BxV=p, q_AxBxV=q, seen_BxV=jnp.asarray(seen))
+    x = modes.Logits(p_BxV=p, qs_BxV=(q,), seen_BxV=jnp.asarray(seen))
 
     @jax.jit
     def run(x, rows):

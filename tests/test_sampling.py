@@ -251,7 +251,7 @@ def test_sir_tends_to_product_on_the_nucleus(models):
     keys = jax.random.split(jax.random.key(3), rows)
     x = modes.Logits(
         p_BxV=jnp.broadcast_to(jnp.asarray(p, jnp.float32), (rows, VOCAB)),
-        q_AxBxV=jnp.broadcast_to(jnp.asarray(q, jnp.float32), (1, rows, VOCAB)),
+        qs_BxV=(jnp.broadcast_to(jnp.asarray(q, jnp.float32), (rows, VOCAB)),),
         seen_BxV=jnp.zeros((rows, VOCAB), bool),
     )
     settings = RowSettings.stack([s] * rows, 1)

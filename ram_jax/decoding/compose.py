@@ -33,9 +33,12 @@ class WeightedProduct(modes.Mode):
     reads_weights: ClassVar[bool] = True
 
     def logits(self, x, rows, gate_B):
-        log_q_AxBxV = modes.aligner_log_probs(x.q_AxBxV, rows)
-        w_AxB = rows.aligner_weights_BxA.T
-        # A zero weight must cancel its aligner exactly, whatever its logits.
-        terms = jnp.where(w_AxB[:, :, None] > 0, w_AxB[:, :, None] * log_q_AxBxV, 0.0)
-        shaped_B = jnp.any(w_AxB > 0, axis=0)
-        return modes.product_logits(x, rows, jnp.sum(terms, axis=0)), shaped_B
+        w_BxA = rows.aligner_weights_BxA
+        log_q_BxV = 0.0
+        for i, q_BxV in enumerate(x.qs_BxV):
+            w_Bx1 = w_BxA[:, i, None]
+            # A zero weight cancels its aligner exactly, whatever its logits.
+            term = jnp.where(w_Bx1 > 0, w_Bx1 * modes.aligner_log_probs(q_BxV, rows), 0.0)
+            log_q_BxV = log_q_BxV + term
+        shaped_B = jnp.any(w_BxA > 0, axis=-1)
+        return modes.product_logits(x, rows, log_q_BxV), shaped_B

@@ -112,9 +112,8 @@ def emit(state: DecodeState, mode: Mode, pad_id: int):
     (the row was not done before this step) and `done` (after it).
     """
     keys_B = jax.vmap(jax.random.fold_in)(state.row_keys_B, state.steps_B)
-    p_BxV, q = state.logits[0], state.logits[1:]
-    q_AxBxV = jnp.stack(q) if q else None
-    x = Logits(p_BxV=p_BxV, q_AxBxV=q_AxBxV, seen_BxV=state.seen_BxV)
+    p_BxV, qs_BxV = state.logits[0], tuple(state.logits[1:])
+    x = Logits(p_BxV=p_BxV, qs_BxV=qs_BxV, seen_BxV=state.seen_BxV)
     tokens_B, shaped_B = mode.draw(keys_B, x, state.rows)
     done_B = state.done_B
     tokens_B = jnp.where(done_B, pad_id, tokens_B)
@@ -124,7 +123,7 @@ def emit(state: DecodeState, mode: Mode, pad_id: int):
     outputs = dict(
         tokens=tokens_B,
         logprobs_p=None if p_BxV is None else logprob(p_BxV),
-        logprobs_q=None if q_AxBxV is None else jax.vmap(logprob)(q_AxBxV).T,
+        logprobs_q=jnp.stack([logprob(q) for q in qs_BxV], axis=-1) if qs_BxV else None,
         branch=shaped_B & ~done_B,
         live=~done_B,
         done=new_done_B,

@@ -3,9 +3,8 @@
 `stream(...)` is the decoding loop, a generator: it validates everything
 before any compute, buckets and batches the prompts, and for each batch runs
 `decoder.start` (prefill), `decoder.advance` for the first token, then
-`decoder.advance` in chunks
-until every row is done, yielding each `Chunk` as it reaches the host; its
-return value is the record. `generate(...)` runs it to the end (with an
+`decoder.advance` in chunks until every row is done, yielding each `Chunk`
+as it reaches the host; its return value is the record. `generate(...)` runs it to the end (with an
 optional `on_chunk` callback). The library, the CLI, the demo and the
 benchmarks all decode through these two.
 

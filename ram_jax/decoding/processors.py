@@ -198,5 +198,5 @@ def _search_clipped(cdf_RxN, mass_RxN, u_RxC) -> jax.Array:
 
 def token_logprobs(logits_BxV: jax.Array, tokens_B: jax.Array) -> jax.Array:
     """`log_softmax(logits)[token]` per row (the model's own likelihood, T = 1)."""
-    log_probs = jax.nn.log_softmax(logits_BxV, axis=-1)
-    return jnp.take_along_axis(log_probs, tokens_B[:, None], axis=-1)[:, 0]
+    picked_B = jnp.take_along_axis(logits_BxV, tokens_B[:, None], axis=-1)[:, 0]
+    return picked_B - jax.nn.logsumexp(logits_BxV, axis=-1)
