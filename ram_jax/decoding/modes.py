@@ -2,7 +2,7 @@
 
 A mode says which models it reads, optionally gates rows on the models' raw
 logits, and draws the next token: `draw(keys, logits, rows) -> (tokens,
-aligner_shaped)`. The decoder, the stream, the CLI, the demo and the
+aligner_shaped)`. The decoder, the driver, the CLI, the demo and the
 benchmarks only call these methods; none of them compares mode names. Adding
 a mode is one class with `@register` (see `ram_jax.decoding.compose`).
 
