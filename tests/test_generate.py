@@ -55,7 +55,7 @@ def _parse(argv):
     generate.FLAGS(["generate", *argv])
 
 
-def _library(dirs, mode, params, aligners, seed):
+def _library(dirs, mode, params, aligners, seed, chunk=16):
     """The same decode through the driver: one batch, no stream."""
     tok = T.load_tokenizer(FIXTURE_TOKENIZER)
     models, _ = files.load_models(str(dirs / "proposal"), aligners, "float32")
@@ -69,6 +69,7 @@ def _library(dirs, mode, params, aligners, seed):
         vocab_size=384,
         eos_ids=(0,),
         pad_id=0,
+        chunk=chunk,
         tokenizer=tok,
     )
 
@@ -130,63 +131,39 @@ def test_cli_composes_aligners_and_equals_library_decode(dirs):
     assert any(lib.texts), "all outputs empty: the comparison would be vacuous"
 
 
-def test_decode_file_metrics_report_the_aligner_branch(dirs, tmp_path):
-    params = S.SamplingParams(kl_threshold=0.5, proposal_top_p=0.9, max_new_tokens=6, stop=())
-    record, metrics = files.decode_file(
-        proposal=str(dirs / "proposal"),
-        aligners=[str(dirs / "run")],
-        prompts=str(dirs / "prompts.jsonl"),
-        output=str(tmp_path / "o.json"),
-        mode=modes.ParKl(),
-        params=params,
-        batch_size=3,
-        progress=False,
-    )
-    live = np.arange(6)[None] < record.lengths[:, None]
-    assert 0 < metrics["aligner_branch_rate"] < 1, "both branches must occur"
-    assert metrics["aligner_branch_rate"] == pytest.approx(record.aligner_branch[live].mean())
-    assert metrics["aligner_branch_rate_first_token"] == pytest.approx(
-        record.aligner_branch[:, 0].mean()
-    )
-
-
-def test_stop_strings_end_rows_and_count_only_kept_tokens(dirs):
+def test_stop_strings_end_rows_and_metrics_count_only_kept_tokens(dirs):
     """A stop string ends its row at a chunk boundary: the row is the unstopped row cut
-    at the token that completed the stop, and only those tokens are counted."""
-    tok = T.load_tokenizer(FIXTURE_TOKENIZER)
+    at the token that completed the stop, and every count and rate (tokens, the
+    aligner-branch rates) covers only the kept tokens."""
+    params = S.SamplingParams(
+        temperature=1.5, proposal_top_p=0.95, kl_threshold=0.5, max_new_tokens=24
+    )
     aligners = [str(dirs / "run")]
-    params = S.SamplingParams(temperature=1.5, proposal_top_p=0.95, max_new_tokens=24)
-    free = _library(dirs, "product", params, aligners, seed=1)
+    free = _library(dirs, "par_kl", params, aligners, seed=1, chunk=3)
     stop = "e"
     hits = [t.find(stop) for t in free.texts]
     assert any(h >= 0 for h in hits), "no row would stop: the test would be vacuous"
-    for chunk in (3, 16):
-        models, _ = files.load_models(str(dirs / "proposal"), aligners, "float32")
-        stopped = driver.generate(
-            models,
-            templates.encode_prompts(tok, INSTRUCTIONS, "human_assistant"),
-            "product",
-            params.replace(stop=(stop,)),
-            key=jax.random.key(1),
-            vocab_size=384,
-            eos_ids=(0,),
-            pad_id=0,
-            chunk=chunk,
-            tokenizer=tok,
-        )
-        for i, h in enumerate(hits):
-            n = stopped.lengths[i]
-            np.testing.assert_array_equal(stopped.tokens[i, :n], free.tokens[i, :n])
-            assert np.all(stopped.tokens[i, n:] == 0)
-            if h < 0:
-                assert stopped.texts[i] == free.texts[i] and n == free.lengths[i]
-                continue
-            assert stopped.texts[i] == free.texts[i][:h]
-            assert stop in tok.decode(stopped.tokens[i, :n].tolist())
-            assert stop not in tok.decode(stopped.tokens[i, : n - 1].tolist())
-            assert stopped.finish_reasons[i] == "stop"
-        assert stopped.metrics()["generated_tokens"] == int(stopped.lengths.sum())
-        assert stopped.lengths.sum() < free.lengths.sum()
+    stopped = _library(dirs, "par_kl", params.replace(stop=(stop,)), aligners, seed=1, chunk=3)
+    tok = T.load_tokenizer(FIXTURE_TOKENIZER)
+    for i, h in enumerate(hits):
+        n = stopped.lengths[i]
+        np.testing.assert_array_equal(stopped.tokens[i, :n], free.tokens[i, :n])
+        assert np.all(stopped.tokens[i, n:] == 0)
+        if h < 0:
+            assert stopped.texts[i] == free.texts[i] and n == free.lengths[i]
+            continue
+        assert stopped.texts[i] == free.texts[i][:h]
+        assert stop in tok.decode(stopped.tokens[i, :n].tolist())
+        assert stop not in tok.decode(stopped.tokens[i, : n - 1].tolist())
+        assert stopped.finish_reasons[i] == "stop"
+    metrics = stopped.metrics()
+    assert metrics["generated_tokens"] == int(stopped.lengths.sum()) < free.lengths.sum()
+    live = np.arange(24)[None] < stopped.lengths[:, None]
+    assert 0 < metrics["aligner_branch_rate"] < 1, "both par_kl branches must occur"
+    assert metrics["aligner_branch_rate"] == pytest.approx(stopped.aligner_branch[live].mean())
+    assert metrics["aligner_branch_rate_first_token"] == pytest.approx(
+        stopped.aligner_branch[:, 0].mean()
+    )
 
 
 def test_reference_preset_and_overrides():

@@ -41,6 +41,12 @@ RAM_OBJECTIVES = ("ram_sft", "ram_dpo", "ram_mc")
 CORRECTOR_DRAFT = "{question}\n\nDraft: {draft}"
 # The format aligner's weights in the two-aligner sweep (the style aligner at 1).
 SWEEP_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+# (style, format) aligner weights of the composed decode's rows.
+COMPOSED = {
+    "ram_product_format": (0.0, 1.0),
+    "ram_product_both": (1.0, 1.0),
+    **{f"format_w{wf}": (1.0, wf) for wf in SWEEP_WEIGHTS},
+}
 # What each method trained, when not one RAM objective (for its params and seconds).
 TRAINED = {
     "proposal": (),
@@ -259,21 +265,22 @@ def run_seed(plan: Plan, seed: int, shared: dict, progress: Progress) -> tuple[d
         for mode in plan.ram_modes[obj]:
             method = f"ram_{mode}" if obj == "ram_sft" else f"{obj}_{mode}"
             stage_decode(method, shared["proposal_dir"], [export(obj)], mode)
-    # The second behaviour: its aligner alone, then both aligners composed.
+    # The second behaviour: the format aligner alone, both aligners composed and the
+    # format weight swept, all in one decode: one row per (prompt, weights), so the
+    # per-row weights share one compiled decoder. A zero weight cancels its aligner.
     both = [export("ram_sft"), export("format")]
-    stage_decode("ram_product_format", shared["proposal_dir"], both[1:], "product")
-    stage_decode("ram_product_both", shared["proposal_dir"], both, "weighted_product")
-    # The format aligner's weight swept: every weight in one decode, one row per
-    # (prompt, weight), so the per-row weights share one compiled decoder.
-    sweep_prompts = os.path.join(sd, "sweep_prompts.jsonl")
-    write_jsonl(sweep_prompts, [{"instruction": e.question} for _ in SWEEP_WEIGHTS for e in w.eval])
-    rows = [DECODE.replace(aligner_weights=(1.0, wf)) for wf in SWEEP_WEIGHTS for _ in w.eval]
-    swept = stage_decode(
-        "sweep", shared["proposal_dir"], both, "weighted_product", sweep_prompts, rows
-    ).outputs
-    del decoded["sweep"]
+    prompts = os.path.join(sd, "composed_prompts.jsonl")
+    write_jsonl(prompts, [{"instruction": e.question} for _ in COMPOSED for e in w.eval])
+    rows = [DECODE.replace(aligner_weights=ws) for ws in COMPOSED.values() for _ in w.eval]
+    composed = stage_decode(
+        "composed", shared["proposal_dir"], both, "weighted_product", prompts, rows
+    )
+    del decoded["composed"]
     n = len(w.eval)
-    sweep = {str(wf): score(swept[i * n : (i + 1) * n], w) for i, wf in enumerate(SWEEP_WEIGHTS)}
+    parts = {k: composed.outputs[i * n : (i + 1) * n] for i, k in enumerate(COMPOSED)}
+    for method in ("ram_product_format", "ram_product_both"):
+        decoded[method] = dataclasses.replace(composed, outputs=parts[method])
+    sweep = {str(wf): score(parts[f"format_w{wf}"], w) for wf in SWEEP_WEIGHTS}
 
     sampling_s = shared["sampling_seconds"]
     for method, d in decoded.items():
@@ -330,12 +337,7 @@ def stage_costs(plan: Plan) -> list[tuple[str, float]]:
             for mode in plan.ram_modes[obj]:
                 method = f"ram_{mode}" if obj == "ram_sft" else f"{obj}_{mode}"
                 stages.append((f"seed {s}: decode {method}", 8.0 if "sir" in mode else 5.0))
-        for method, cost in (
-            ("ram_product_format", 5.0),
-            ("ram_product_both", 5.0),
-            ("sweep", 8.0),
-        ):
-            stages.append((f"seed {s}: decode {method}", cost))
+        stages.append((f"seed {s}: decode composed", 10.0))
     return stages
 
 

@@ -205,8 +205,8 @@ def write_results(
         plots.append(plot_sweep(sweep, out_dir))
         sweep_md = [
             "Two aligners, `weighted_product` with the style aligner at weight 1 and the "
-            "format aligner at the weight shown (all weights decoded in one batch, one row "
-            "per prompt and weight):",
+            "format aligner at the weight shown (decoded in one call with `ram_product_format` "
+            "(weights 0, 1) and `ram_product_both` (1, 1): one row per prompt and weights):",
             "",
             sweep_table(sweep, n),
             "",
