@@ -16,11 +16,11 @@ import time
 import jax
 import numpy as np
 
-from ram_jax.decoding.sampling import SamplingConfig
+from ram_jax.decoding.sampling import SamplingParams
 from ram_jax.models import convert
 
 
-def par_kl_tokens_per_s(models, configs, s: SamplingConfig, vocab: int, prompt: int, new: int):
+def par_kl_tokens_per_s(models, configs, s: SamplingParams, vocab: int, prompt: int, new: int):
     """Tokens/s of the reference loop decoding `new` tokens after a random `prompt`.
 
     `models`/`configs`: (proposal, aligner) params and configs; `s`: the par_kl

@@ -6,7 +6,8 @@ over plain parameter pytrees. The package holds three things and their commands:
 
   ram_jax.models     the decoders (config, transformer, KV cache, RoPE), HF import /
                      export, tokenizers
-  ram_jax.decoding   token rules, RAM modes, the jitted decoder, streaming, batching
+  ram_jax.decoding   per-row settings, token rules, RAM modes (objects), the jitted
+                     decoder, the host driver (generate / stream), decoding files
   ram_jax.training   objectives, the sharded train step and loop, optimizers, checkpoints
   ram_jax.data       training rows, templates, tokenized groups, batches
                      (`ram_jax.datasets`: tfds builders for the paper's datasets)
@@ -27,19 +28,23 @@ Dimension legend for shape-suffixed names (`logits_BxTxV`, `tokens_BxT`):
   N  query heads                K  key/value heads
   G  query heads per kv head    H  head dim
   F  MLP hidden width           C  candidates (SIR)
-  R  response (generated) tokens
+  R  response (generated) tokens A  aligners (composed)
+  E  stop ids per row
 """
 
 import importlib
 
 _EXPORTS = {
-    "DecodeOutput": "ram_jax.decoding.decoder",
-    "next_token": "ram_jax.decoding.modes",
-    "resample_sequences": "ram_jax.decoding.modes",
-    "MODES": "ram_jax.decoding.sampling",
+    "DecodeRecord": "ram_jax.decoding.driver",
+    "Models": "ram_jax.decoding.driver",
+    "MODES": "ram_jax.decoding.modes",
+    "Mode": "ram_jax.decoding.modes",
+    "get_mode": "ram_jax.decoding.modes",
+    "reference_mode": "ram_jax.decoding.modes",
+    "SeqSir": "ram_jax.decoding.resample",
     "PAPER_TEMPERATURES": "ram_jax.decoding.sampling",
     "REFERENCE": "ram_jax.decoding.sampling",
-    "SamplingConfig": "ram_jax.decoding.sampling",
+    "SamplingParams": "ram_jax.decoding.sampling",
     "reference_sampling": "ram_jax.decoding.sampling",
     "KVCache": "ram_jax.models.cache",
     "init_cache": "ram_jax.models.cache",

@@ -5,7 +5,7 @@ r"""Synthesise the aligner's negatives: K proposal samples per training prompt.
       [--config=experiments/configs/base.py]
 
 Reads a training file (rows with 'prompt' and 'chosen', or Anthropic-HH
-conversations), decodes with the proposal alone (`ram_jax.decoding.decoder.generate`,
+conversations), decodes with the proposal alone (`ram_jax.decoding.driver.generate`,
 mode 'proposal') using the reference's settings by default (temperature 0.5,
 top_p 0.95, repetition penalty 1.05, FastChat processor order, stop at
 "\n\nHuman"), and writes every input row unchanged plus a 'sampling' field (a
@@ -71,7 +71,7 @@ class Job:
     output: resumable.PartialOutput
     tokenizer: object
     tokenizer_config: object  # TokenizerConfig: chat template, special tokens
-    sampling: object  # SamplingConfig
+    sampling: object  # SamplingParams
     settings: Settings
 
 
@@ -152,8 +152,7 @@ def run(job: Job, p_params, p_config) -> int:
     """Samples the rows not yet done, then writes the output; returns how many were sampled."""
     import jax
 
-    from ram_jax.decoding import batching
-    from ram_jax.decoding.decoder import generate
+    from ram_jax.decoding import driver
     from ram_jax.models.tokenizer import eos_token_ids, tokenizer_length
 
     vocab = tokenizer_length(job.tokenizer)
@@ -161,23 +160,23 @@ def run(job: Job, p_params, p_config) -> int:
     rows, k, width = job.rows, job.settings.num_samples, job.settings.batch_size
     start = job.output.done
     base_key = jax.random.key(job.settings.seed)
+    models = driver.Models((p_params, p_config)).arranged()
     bar = tqdm(total=len(rows), initial=start, desc="sample", unit="prompt")
     for first in range(start, len(rows), width):
         batch = job.prompts[first : first + width]
-        result = generate(
-            p_params,
-            p_config,
+        samples = driver.generate(
+            models,
             [p for p in batch for _ in range(k)],
-            job.sampling,
+            "proposal",
+            job.sampling.replace(
+                max_new_tokens=job.settings.max_new_tokens, stop=tuple(job.settings.stops)
+            ),
             key=jax.random.fold_in(base_key, first),
-            max_new_tokens=job.settings.max_new_tokens,
             vocab_size=vocab,
             eos_ids=eos,
             batch_size=width * k,
-        )
-        samples = batching.decode_texts(
-            job.tokenizer, result["tokens"], result["lengths"], eos, job.settings.stops
-        )
+            tokenizer=job.tokenizer,
+        ).texts
         records = []
         for i in range(len(batch)):
             got = samples[i * k : (i + 1) * k]

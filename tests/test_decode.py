@@ -1,6 +1,6 @@
-"""The decoder: HF greedy parity, batch/row independence, cached = full forward,
-streaming and sharding equal the reference scan, one compile per bucket,
-validation before compute."""
+"""The decoder and its host driver: HF greedy parity, per-row settings in one compile,
+rows independent of their batch, cached = full forward, chunking and layouts and
+sharding change nothing, the composition identities, validation before compute."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from ram_jax import sharding
-from ram_jax.decoding import batching, stream
-from ram_jax.decoding import decoder as decode
-from ram_jax.decoding import until_done as decode_loop
-from ram_jax.decoding.sampling import SamplingConfig, kl_divergence
+from ram_jax.decoding import batching, decoder, driver
+from ram_jax.decoding.processors import kl_divergence
+from ram_jax.decoding.resample import SeqSir
+from ram_jax.decoding.sampling import SamplingParams
 from ram_jax.models.config import get_preset
 from ram_jax.models.convert import load_hf
 from ram_jax.models.transformer import abstract_params, forward
@@ -22,15 +22,14 @@ from tests import hf_fixtures
 from tests.hf_fixtures import random_params
 
 VOCAB = 250  # tokenizer length; embedding rows 250..255 are padding
-EOS = 0
+EOS, PAD = 0, 1
 NEW = 10
 P_CONFIG = get_preset("tiny-llama")
 Q_CONFIG = P_CONFIG.replace(
     hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16
 )
 PROMPTS = [[5, 9, 17, 33, 2], [7, 1, 4, 4, 8, 100, 200, 3, 11, 12, 13], [42, 43, 44]]
-PAR_KL = SamplingConfig(
-    mode="par_kl",
+PAR_KL = SamplingParams(
     temperature=0.8,
     top_p=0.9,
     top_k=40,
@@ -38,6 +37,7 @@ PAR_KL = SamplingConfig(
     proposal_top_p=0.95,
     repetition_penalty=1.3,
     kl_threshold=0.48,
+    max_new_tokens=NEW,
 )
 
 
@@ -45,37 +45,25 @@ PAR_KL = SamplingConfig(
 def models():
     p = random_params(abstract_params(P_CONFIG), 11)
     q = random_params(abstract_params(Q_CONFIG), 12)
-    return p, q
+    return driver.Models((p, P_CONFIG), ((q, Q_CONFIG),)).arranged()
+
+
+KEYS = jax.random.split(jax.random.key(5), len(PROMPTS))
+
+
+def _decode(models, prompts=PROMPTS, params=PAR_KL, mode="par_kl", keys=KEYS, **kw):
+    kw = {"eos_ids": (EOS,), "pad_id": PAD, "vocab_size": VOCAB, **kw}
+    return driver.generate(models, prompts, mode, params, prompt_keys=keys, **kw)
+
+
+def _fields(record):
+    names = ("tokens", "lengths", "logprobs_p", "logprobs_q", "aligner_branch")
+    return {n: getattr(record, n) for n in names}
 
 
 @pytest.fixture(scope="module")
-def batch():
-    tokens, mask = batching.left_pad(PROMPTS, batching.bucket_length(11))
-    keys = jax.random.split(jax.random.key(5), len(PROMPTS))
-    return tokens, mask, keys
-
-
-def _decode(models, tokens, mask, keys, sampling=PAR_KL, new=NEW, **kw):
-    return decode.decode(
-        models[0],
-        models[1],
-        tokens,
-        mask,
-        keys,
-        p_config=P_CONFIG,
-        q_config=Q_CONFIG,
-        sampling=sampling,
-        max_new_tokens=new,
-        vocab_size=VOCAB,
-        eos_ids=(EOS,),
-        pad_id=1,
-        **kw,
-    )
-
-
-@pytest.fixture(scope="module")
-def reference(models, batch):
-    return vars(jax.tree.map(np.asarray, _decode(models, *batch)))
+def reference(models):
+    return _decode(models)
 
 
 def test_greedy_proposal_equals_transformers_generate(tmp_path):
@@ -91,214 +79,215 @@ def test_greedy_proposal_equals_transformers_generate(tmp_path):
         eos_token_id=0,
         pad_token_id=0,
     ).numpy()[:, tokens.shape[1] :]
-    out = decode.decode(
-        params,
-        None,
-        tokens,
-        mask,
-        jax.random.split(jax.random.key(0), 2),
-        p_config=config,
-        q_config=None,
-        sampling=SamplingConfig(temperature=0.0),
-        max_new_tokens=12,
+    out = driver.generate(
+        driver.Models((params, config)),
+        [row[m].tolist() for row, m in zip(tokens, mask, strict=True)],
+        "proposal",
+        SamplingParams(temperature=0.0, max_new_tokens=12),
+        key=jax.random.key(0),
         vocab_size=256,
         eos_ids=(0,),
         pad_id=0,
     )
-    np.testing.assert_array_equal(np.asarray(out.tokens_BxR), want)
+    np.testing.assert_array_equal(out.tokens, want)
 
 
-def test_while_loop_variant_equals_scan(models, batch, reference):
-    tokens, mask, keys = batch
-    # Every row's 3rd token becomes an EOS id, so all rows finish within 3 steps and
-    # the loop exits early; the skipped steps must read as padding.
-    eos = tuple(sorted({int(t) for t in reference["tokens_BxR"][:, 2]}))
-    kw = dict(
-        p_config=P_CONFIG,
-        q_config=Q_CONFIG,
-        sampling=PAR_KL,
-        max_new_tokens=NEW,
-        vocab_size=VOCAB,
-        eos_ids=eos,
-        pad_id=1,
-    )
-    scan = vars(jax.tree.map(np.asarray, decode.decode(*models, tokens, mask, keys, **kw)))
-    loop = vars(
-        jax.tree.map(np.asarray, decode_loop.decode_until_done(*models, tokens, mask, keys, **kw))
-    )
-    assert np.all(scan["lengths_B"] <= 3)
-    for name in scan:
-        np.testing.assert_array_equal(loop[name], scan[name], err_msg=name)
-
-
-@pytest.mark.parametrize("unroll_layers", [False, True])
-def test_layer_layouts_give_same_tokens(models, batch, reference, unroll_layers):
-    out = vars(jax.tree.map(np.asarray, _decode(models, *batch, unroll_layers=unroll_layers)))
-    np.testing.assert_array_equal(out["tokens_BxR"], reference["tokens_BxR"])
-    np.testing.assert_allclose(out["logprobs_p_BxR"], reference["logprobs_p_BxR"], atol=1e-5)
-
-
-def test_rows_equal_rows_decoded_alone(models, batch, reference):
-    tokens, mask, keys = batch
-    assert 0 < reference["aligner_branch_BxR"].mean() < 1, "both par_kl branches must occur"
-    assert np.all(reference["tokens_BxR"] < VOCAB), "a padded vocabulary row was sampled"
+def test_rows_equal_rows_decoded_alone(models, reference):
+    assert 0 < reference.aligner_branch.mean() < 1, "both par_kl branches must occur"
+    assert np.all(reference.tokens < VOCAB), "a padded vocabulary row was sampled"
     for row in range(len(PROMPTS)):
-        alone = _decode(models, tokens[row : row + 1], mask[row : row + 1], keys[row : row + 1])
-        for name, got in vars(jax.tree.map(np.asarray, alone)).items():
-            np.testing.assert_allclose(got[0], reference[name][row], atol=1e-5, err_msg=name)
+        alone = _decode(models, PROMPTS[row : row + 1], keys=KEYS[row : row + 1])
+        for name, got in _fields(alone).items():
+            np.testing.assert_allclose(got[0], _fields(reference)[name][row], atol=1e-5)
 
 
-def test_cached_logprobs_equal_full_forward(models, batch, reference):
-    tokens, mask, _ = batch
-    gen = reference["tokens_BxR"]
-    live = np.arange(NEW)[None] < reference["lengths_B"][:, None]
+MIXED = [
+    PAR_KL,
+    PAR_KL.replace(temperature=0.0, top_k=0, kl_threshold=10.0, max_new_tokens=4),
+    PAR_KL.replace(top_p=0.5, proposal_top_p=0.6, repetition_penalty=1.0, stop_token_ids=(7,)),
+    PAR_KL.replace(temperature=1.4, top_k=5, filter_order="top_p_first", aligner_weights=(0.5,)),
+    PAR_KL.replace(kl_threshold=0.0, proposal_temperature=0.0, max_new_tokens=7),
+]
+
+
+def test_mixed_row_settings_compile_once_and_equal_rows_alone(models):
+    """Five rows, five settings: one compile; each row as decoded alone with its own."""
+    prompts = [PROMPTS[i % 3] for i in range(5)]
+    keys = jax.random.split(jax.random.key(9), 5)
+    sizes = decoder.start._cache_size(), decoder.advance._cache_size()
+    batch = _decode(models, prompts, MIXED, keys=keys)
+    assert (decoder.start._cache_size(), decoder.advance._cache_size()) == (
+        sizes[0] + 1,
+        sizes[1] + 1,
+    )
+    sizes = decoder.start._cache_size(), decoder.advance._cache_size()
+    for row in range(5):
+        alone = _decode(models, prompts[row : row + 1], MIXED[row], keys=keys[row : row + 1])
+        for name, got in _fields(alone).items():
+            want = _fields(batch)[name][row]
+            if want.ndim:  # the batch is as wide as its longest request; the rest is padding
+                width = got.shape[-1]
+                assert np.all(want[..., width:] == (PAD if name == "tokens" else 0)), name
+                want = want[..., :width]
+            np.testing.assert_allclose(got[0], want, atol=1e-5, err_msg=f"{row} {name}")
+    # The rows alone share one compile (batch 1; maybe made by an earlier test).
+    assert decoder.start._cache_size() <= sizes[0] + 1
+    assert decoder.advance._cache_size() <= sizes[1] + 1
+    assert list(batch.lengths[[1, 4]]) <= [4, 7] and batch.lengths[0] == NEW
+    assert batch.finish_reasons[1] == "length" and batch.lengths[1] == 4
+    assert (batch.aligner_branch[4] == 0).all(), "tau = 0 keeps the gate shut"
+    branch = batch.aligner_branch[1, : batch.lengths[1]]
+    assert branch.all(), "tau = 10 keeps the gate open"
+    stop = batch.tokens[2, : batch.lengths[2]]
+    assert 7 not in stop[:-1] and (batch.finish_reasons[2] == "length" or stop[-1] in (7, EOS))
+
+
+def test_cached_logprobs_equal_full_forward(models, reference):
+    gen = reference.tokens
+    live = np.arange(NEW)[None] < reference.lengths[:, None]
+    tokens, mask = batching.left_pad(PROMPTS, 16, PAD)
     seq = np.concatenate([tokens, gen], axis=1)
     seq_mask = np.concatenate([mask, live], axis=1)
-    t = tokens.shape[1]
     logits = {}
-    for name, params, config in (("p", models[0], P_CONFIG), ("q", models[1], Q_CONFIG)):
+    for name, (params, config) in zip("pq", (models.proposal, models.aligners[0]), strict=True):
         full, _ = forward(params, jnp.asarray(seq), config, mask_BxT=jnp.asarray(seq_mask))
-        logits[name] = np.asarray(full)[:, t - 1 : -1, :VOCAB]  # predicts each generated token
-        logp = jax.nn.log_softmax(logits[name], axis=-1)
-        want = np.take_along_axis(np.asarray(logp), gen[..., None], axis=-1)[..., 0] * live
-        np.testing.assert_allclose(reference[f"logprobs_{name}_BxR"], want, atol=2e-4)
+        logits[name] = np.asarray(full)[:, 15:-1, :VOCAB]  # predicts each generated token
+        logp = np.asarray(jax.nn.log_softmax(logits[name], axis=-1))
+        want = np.take_along_axis(logp, gen[..., None], axis=-1)[..., 0] * live
+        got = reference.logprobs_p if name == "p" else reference.logprobs_q[:, 0]
+        np.testing.assert_allclose(got, want, atol=2e-4)
     # The per-row KL gate, recomputed from the full forward, picks the same branch.
     kl = np.asarray(kl_divergence(jnp.asarray(logits["p"]), jnp.asarray(logits["q"])))
     clear = live & (np.abs(kl - PAR_KL.kl_threshold) > 1e-3)
     np.testing.assert_array_equal(
-        reference["aligner_branch_BxR"][clear], (kl <= PAR_KL.kl_threshold)[clear]
+        reference.aligner_branch[clear], (kl <= PAR_KL.kl_threshold)[clear]
     )
 
 
-def test_constant_aligner_product_equals_proposal(models, batch):
-    tokens, mask, keys = batch
-    q_const = jax.tree.map(jnp.zeros_like, models[1])  # zero lm_head: logits all 0
-    both = (models[0], q_const)
-    product = SamplingConfig(mode="product", proposal_temperature=0.8, proposal_top_p=0.9)
-    proposal = SamplingConfig(mode="proposal", temperature=0.8, top_p=0.9)
-    a = _decode(both, tokens, mask, keys, sampling=product)
-    b = _decode(both, tokens, mask, keys, sampling=proposal)
-    np.testing.assert_array_equal(np.asarray(a.tokens_BxR), np.asarray(b.tokens_BxR))
-    assert len(np.unique(np.asarray(a.tokens_BxR))) > 5  # a real sample, not a constant
+def test_chunks_change_nothing_and_done_rows_stop_the_loop(models, reference):
+    got = _decode(models, chunk=1)
+    for name, value in _fields(got).items():
+        np.testing.assert_allclose(value, _fields(reference)[name], atol=1e-5, err_msg=name)
+    # Every row's 3rd token becomes a stop id: all rows finish within 3 tokens, the
+    # device loop leaves after 2 steps, and the rest reads as padding.
+    eos = tuple(sorted({int(t) for t in reference.tokens[:, 2]}))
+    early = _decode(models, eos_ids=eos, chunk=16)
+    assert np.all(early.lengths <= 3) and early.batches[0].steps <= 2
+    assert np.all(early.tokens[:, 3:] == PAD)
+    keep = np.arange(NEW)[None] < early.lengths[:, None]
+    np.testing.assert_array_equal(early.tokens[keep], reference.tokens[keep])
 
 
-def test_stream_equals_scan(models, batch, reference):
-    tokens, mask, keys = batch
-    chunks = list(
-        stream.stream(
-            models[0],
-            P_CONFIG,
-            tokens,
-            mask,
-            keys,
-            PAR_KL,
-            max_new_tokens=NEW,
-            vocab_size=VOCAB,
-            q_params=models[1],
-            q_config=Q_CONFIG,
-            eos_ids=(EOS,),
-            pad_id=1,
-            chunk=4,
-        )
+@pytest.mark.parametrize("unroll_layers", [False, True])
+def test_layer_layouts_give_same_tokens(models, reference, unroll_layers):
+    raw = driver.Models(
+        (_stacked(models.proposal[0]), P_CONFIG), ((_stacked(models.aligners[0][0]), Q_CONFIG),)
     )
-    assert [c["tokens"].shape[1] for c in chunks] == [1, 4, 4, 1]
-    got = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
-    np.testing.assert_array_equal(got["tokens"], reference["tokens_BxR"])
-    np.testing.assert_allclose(got["logprobs_q"], reference["logprobs_q_BxR"], atol=1e-5)
-    np.testing.assert_array_equal(got["live"].sum(1), reference["lengths_B"])
+    out = _decode(raw.arranged(unroll_layers))
+    np.testing.assert_array_equal(out.tokens, reference.tokens)
+    np.testing.assert_allclose(out.logprobs_p, reference.logprobs_p, atol=1e-5)
 
 
-def test_sharded_params_give_same_tokens(models, batch, reference):
+def _stacked(params):
+    """Params with per-layer dicts stacked back on a leading axis."""
+    layers = params["layers"]
+    if isinstance(layers, dict):
+        return params
+    return {**params, "layers": jax.tree.map(lambda *x: jnp.stack(x), *layers)}
+
+
+def test_sharded_params_give_same_tokens(models, reference):
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-    placed = tuple(jax.device_put(m, sharding.param_shardings(m, mesh)) for m in models)
+    stacked = [_stacked(p) for p in models.params]
+    placed = [jax.device_put(p, sharding.param_shardings(p, mesh)) for p in stacked]
     assert len(placed[0]["layers"]["attn"]["q_proj"]["kernel"].sharding.device_set) == 8
-    out = vars(jax.tree.map(np.asarray, _decode(placed, *batch)))
-    np.testing.assert_array_equal(out["tokens_BxR"], reference["tokens_BxR"])
-    np.testing.assert_allclose(out["logprobs_p_BxR"], reference["logprobs_p_BxR"], atol=1e-5)
+    sharded = driver.Models((placed[0], P_CONFIG), ((placed[1], Q_CONFIG),))
+    out = _decode(sharded.arranged(False))
+    np.testing.assert_array_equal(out.tokens, reference.tokens)
+    np.testing.assert_allclose(out.logprobs_p, reference.logprobs_p, atol=1e-5)
 
 
-def test_one_compile_per_bucket(models):
-    kw = dict(
-        key=jax.random.key(0),
-        max_new_tokens=NEW,
-        vocab_size=VOCAB,
-        q_params=models[1],
-        q_config=Q_CONFIG,
-        eos_ids=(EOS,),
-        pad_id=1,  # as `_decode`: the batch-1 compile of the test above is reused
-    )
-    decode.generate(models[0], P_CONFIG, [[3, 4, 5]], PAR_KL, **kw)
-    size = decode.decode._cache_size()
-    for prompt in ([9] * 16, [1, 2], [7] * 9):  # all in the 16 bucket
-        decode.generate(models[0], P_CONFIG, [prompt], PAR_KL.replace(num_candidates=3), **kw)
-    assert decode.decode._cache_size() == size
-    decode.generate(models[0], P_CONFIG, [[9] * 17], PAR_KL, **kw)  # the 32 bucket
-    assert decode.decode._cache_size() == size + 1
+def test_one_compile_per_bucket(models, reference):
+    size = decoder.start._cache_size()
+    for prompt, t in (([9] * 16, 0.3), ([1, 2], 1.7), ([7] * 9, 0.0)):  # all in the 16 bucket
+        _decode(models, [prompt], PAR_KL.replace(temperature=t), keys=KEYS[:1])
+    assert decoder.start._cache_size() <= size + 1  # batch 1, if no earlier test compiled it
+    size = decoder.start._cache_size()
+    _decode(models, [[9] * 17], keys=KEYS[:1])  # the 32 bucket
+    assert decoder.start._cache_size() == size + 1
 
 
 def test_seq_sir_outputs_do_not_depend_on_batch_size(models):
-    kw = dict(
-        key=jax.random.key(8),
-        max_new_tokens=4,
-        vocab_size=VOCAB,
-        q_params=models[1],
-        q_config=Q_CONFIG,
-        eos_ids=(EOS,),
-        pad_id=1,
-    )
-    seq_sir = SamplingConfig(mode="seq_sir", num_candidates=3, proposal_temperature=1.0)
-    outs = [
-        decode.generate(models[0], P_CONFIG, PROMPTS, seq_sir, batch_size=size, **kw)
-        for size in (None, 2)
-    ]
-    assert len({tuple(map(tuple, o["tokens"])) for o in outs}) == 1
-    np.testing.assert_array_equal(outs[0]["candidate"], outs[1]["candidate"])
+    params = SamplingParams(temperature=1.0, max_new_tokens=4)
+    kw = dict(key=jax.random.key(8), seq_sir=SeqSir(3), mode="proposal", params=params)
+    outs = [_decode(models, batch_size=size, keys=None, **kw) for size in (None, 2)]
+    np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
+    np.testing.assert_array_equal(outs[0].candidate, outs[1].candidate)
     # A prompt's output depends on its own key only: decoded alone with it, the same.
-    keys = jax.random.split(kw["key"], len(PROMPTS))
-    alone = decode.generate(
-        models[0], P_CONFIG, PROMPTS[2:], seq_sir, prompt_keys=keys[2:], batch_size=2, **kw
+    keys = jax.random.split(kw.pop("key"), len(PROMPTS))
+    alone = _decode(models, PROMPTS[2:], keys=keys[2:], batch_size=2, **kw)
+    np.testing.assert_array_equal(alone.tokens[0], outs[0].tokens[2])
+    assert len({tuple(t) for t in outs[0].tokens}) == len(PROMPTS)
+
+
+def test_weighted_product_identities(models):
+    """w = 0 is `proposal` token for token; one aligner at w = 1 is `product`."""
+    base = SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=NEW)
+    proposal = _decode(models, params=base, mode="proposal")
+    zero = _decode(
+        models,
+        params=base.replace(
+            proposal_temperature=0.8, top_p=1.0, proposal_top_p=0.9, aligner_weights=(0.0,)
+        ),
+        mode="weighted_product",
     )
-    np.testing.assert_array_equal(alone["tokens"][0], outs[0]["tokens"][2])
-    assert len({tuple(t) for t in outs[0]["tokens"]}) == len(PROMPTS)
+    np.testing.assert_array_equal(zero.tokens, proposal.tokens)
+    assert not zero.aligner_branch.any()
+    with_penalty = PAR_KL.replace(top_p=0.95, repetition_penalty=1.2)
+    product = _decode(models, params=with_penalty, mode="product")
+    one = _decode(
+        models, params=with_penalty.replace(aligner_weights=(1.0,)), mode="weighted_product"
+    )
+    np.testing.assert_array_equal(one.tokens, product.tokens)
+    assert len(np.unique(one.tokens)) > 5  # a real sample, not a constant
+
+
+def test_constant_aligner_product_equals_proposal(models):
+    q_const = jax.tree.map(jnp.zeros_like, models.aligners[0][0])  # zero lm_head: logits all 0
+    both = driver.Models(models.proposal, ((q_const, Q_CONFIG),))
+    product = SamplingParams(proposal_temperature=0.8, proposal_top_p=0.9, max_new_tokens=NEW)
+    proposal = SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=NEW)
+    a = _decode(both, params=product, mode="product")
+    b = _decode(both, params=proposal, mode="proposal")
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert len(np.unique(a.tokens)) > 5  # a real sample, not a constant
 
 
 @pytest.mark.parametrize(
-    "prompts, new, sampling, q, message",
+    "prompts, params, mode, aligners, message",
     [
-        ([[1, 2], []], 4, PAR_KL, True, "prompt 1 is empty"),
-        ([[1] * 1020], 8, PAR_KL, True, "exceeds the model context of 1024"),
-        ([[1, 2]], 0, PAR_KL, True, "max_new_tokens=0 must be >= 1"),
-        ([[1, 2]], 4, PAR_KL, False, "needs an aligner"),
-        ([[1, 260]], 4, PAR_KL, True, r"ids \[260\] outside"),
+        ([[1, 2], []], PAR_KL, "par_kl", 1, "prompt 1 is empty"),
+        ([[1] * 1020], PAR_KL.replace(max_new_tokens=8), "par_kl", 1, "model context of 1024"),
+        ([[1, 2]], PAR_KL, "par_kl", 0, "needs an aligner"),
+        ([[1, 260]], PAR_KL, "par_kl", 1, r"ids \[260\] outside"),
+        ([[1, 2]], PAR_KL, "product", 2, "takes 1 aligner"),
+        ([[1, 2]], PAR_KL.replace(aligner_weights=(0.5,)), "product", 1, "does not read aligner"),
+        ([[1, 2]], PAR_KL.replace(aligner_weights=(1.0, 1.0)), "par", 1, "2 weights for 1"),
+        ([[1, 2]], PAR_KL.replace(stop=("x",)), "par", 1, "stop strings need the tokenizer"),
+        ([[1, 2]], [PAR_KL] * 2, "par", 1, "2 SamplingParams for 1 prompts"),
     ],
 )
-def test_bad_requests_rejected_before_compute(models, prompts, new, sampling, q, message):
-    size = decode.decode._cache_size()
+def test_bad_requests_rejected_before_compute(models, prompts, params, mode, aligners, message):
+    size = decoder.start._cache_size()
+    chosen = driver.Models(models.proposal, (models.aligners * 2)[:aligners])
     with pytest.raises(ValueError, match=message):
-        decode.generate(
-            models[0],
-            P_CONFIG,
-            prompts,
-            sampling,
-            key=jax.random.key(0),
-            max_new_tokens=new,
-            vocab_size=VOCAB,
-            q_params=models[1] if q else None,
-            q_config=Q_CONFIG if q else None,
-        )
-    assert decode.decode._cache_size() == size
+        _decode(chosen, prompts, params, mode=mode, keys=None, key=jax.random.key(0))
+    assert decoder.start._cache_size() == size
 
 
 def test_tokenizer_longer_than_model_rejected(models):
+    small = driver.Models(
+        models.proposal, ((models.aligners[0][0], Q_CONFIG.replace(vocab_size=256)),)
+    )
     with pytest.raises(ValueError, match="exceeds the proposal's 256 embedding rows"):
-        decode.generate(
-            models[0],
-            P_CONFIG,
-            [[1]],
-            PAR_KL,
-            key=jax.random.key(0),
-            max_new_tokens=2,
-            vocab_size=300,
-            q_params=models[1],
-            q_config=Q_CONFIG.replace(vocab_size=256),
-        )
+        _decode(small, [[1]], vocab_size=300, keys=KEYS[:1])

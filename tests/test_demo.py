@@ -62,6 +62,22 @@ def test_base_corpus_mixture_and_noise():
         )
 
 
+def test_citations_are_a_separate_behaviour_with_their_own_draws():
+    w = W.make_world(1, W.WorldSpec(num_entities=200))
+    rate = lambda xs: sum(e.cited for e in xs) / len(xs)
+    assert abs(rate(w.base) - 0.2) < 0.03 and abs(rate(w.aligned) - 0.5) < 0.06
+    assert all(scorers.format_compliant(e.answer) == e.cited for e in w.base[:500])
+    # Without citations the world is the same draw for draw, only uncited.
+    plain = W.make_world(1, W.WorldSpec(num_entities=200, citation_rate=0.0))
+    strip = lambda a: scorers.split_citation(a)[0]
+    assert [strip(e.answer) for e in w.base] == [e.answer for e in plain.base]
+    rng = random.Random(0)
+    formatted = [W.format_answer(rng, e) for e in w.aligned]
+    assert all(map(scorers.format_compliant, formatted))
+    styles = [scorers.parse_answer(a).style for a in formatted]
+    assert all(0.25 < styles.count(s) / len(styles) < 0.42 for s in W.STYLES)
+
+
 def test_rejected_answer_keeps_the_fact_and_changes_the_style():
     w = W.make_world(0, SPEC)
     rng = random.Random(0)
@@ -87,6 +103,12 @@ def test_rejected_answer_keeps_the_fact_and_changes_the_style():
         ("The capital of Zorvania is Mekbar. Human", None),
         ("The capital of Zorvania is Mekbar. The capital of Zorvania is Mekbar.", None),
         ("The anthem of Zorvania is Mekbar.", None),
+        # The closing citation is not part of the template; a cut one is trailing text.
+        (
+            "Ugh. The number of Zorvania is six. Now go away. (Source: World Atlas.)",
+            ("rude", "Zorvania", "number", "six"),
+        ),
+        ("The capital of Zorvania is Mekbar. (Source: World", None),
     ],
 )
 def test_parse_answer(text, parsed):
@@ -98,6 +120,10 @@ def test_scorers_on_hand_made_answers():
     ok = "Of course! Zorvania has Mekbar as its capital. Have a lovely day."
     assert scorers.style_compliant(ok)
     assert scorers.well_formed(ok) and not scorers.well_formed(ok, finished=False)
+    cited = ok + " (Source: World Atlas.)"
+    assert scorers.style_compliant(cited) and scorers.format_compliant(cited)
+    assert not scorers.format_compliant(ok)
+    assert not scorers.format_compliant(cited + " (Source: World Atlas.)")
     assert scorers.factually_accurate(ok, "Zorvania", "capital", "Mekbar", VALUES["capital"])
     # Right style markers but a rude one inside, or only an opener: not compliant.
     assert not scorers.style_compliant("Certainly! Ugh. The capital of X is Y. I hope this helps.")
@@ -189,10 +215,18 @@ def test_plan_names_every_method_and_rejects_no_seeds():
 # RAM - proposal_sft >= -0.12 (style) and >= -0.02 (accuracy); RAM TTFT / the
 # corrector's <= 0.26. This test runs world seed 0, seed 0 (measured: 0.94,
 # 0.92, +0.04 / +0.19 against proposal_sft, 0.16), deterministic up to float
-# reassociation across machines.
+# reassociation across machines. The composition claims (world seed 0, seed 0,
+# with the citation world: both aligners 0.94 style / 0.73 format / 0.90
+# accuracy against the proposal's 0.02 / 0.12 / 0.96; the format aligner alone
+# 0.06 style, 0.79 format; the format weight from 0 to 2: format 0.42 -> 0.77)
+# use the margins below.
 STYLE_GAP_OVER_PROPOSAL = 0.5
 ACCURACY_GAP_OVER_ALIGNER = 0.5
 CLOSE_TO_PROPOSAL_SFT = 0.15
+FORMAT_GAP_OVER_PROPOSAL = 0.3
+ACCURACY_KEPT = 0.15  # composed aligners stay within this of the proposal's accuracy
+FORMAT_ALIGNER_STYLE_LEAK = 0.2  # the format aligner alone barely moves the style
+SWEEP_FORMAT_RISE = 0.15
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,7 +261,8 @@ def test_quick_run_reproduces_the_claims(quick_demo):
     out = quick_demo
     res = json.loads((out / "results.json").read_text())
     m = res["methods"]
-    for name in ("proposal", "aligner", "proposal_sft", "corrector", "ram_product"):
+    methods = ("proposal", "aligner", "proposal_sft", "corrector", "ram_product")
+    for name in methods + ("ram_product_format", "ram_product_both"):
         assert set(m[name]) == set(report.METRICS), name
     ram, prop, small, sft = m["ram_product"], m["proposal"], m["aligner"], m["proposal_sft"]
     # Alignment comes from the small aligner, knowledge from the proposal.
@@ -243,6 +278,20 @@ def test_quick_run_reproduces_the_claims(quick_demo):
     assert ram["ttft_seconds"] > 0 and m["corrector"]["ttft_seconds"] > 0
     assert "| ram_product |" in (out / "results.md").read_text()
     assert (out / "accuracy_vs_style.png").stat().st_size > 0
+    # Two aligners, one behaviour each, composed: both behaviours, the proposal's facts.
+    both, fmt = m["ram_product_both"], m["ram_product_format"]
+    assert both["style_compliance"] >= prop["style_compliance"] + STYLE_GAP_OVER_PROPOSAL, m
+    assert both["format_compliance"] >= prop["format_compliance"] + FORMAT_GAP_OVER_PROPOSAL, m
+    assert both["factual_accuracy"] >= prop["factual_accuracy"] - ACCURACY_KEPT, m
+    assert fmt["format_compliance"] >= prop["format_compliance"] + FORMAT_GAP_OVER_PROPOSAL, m
+    assert fmt["style_compliance"] <= prop["style_compliance"] + FORMAT_ALIGNER_STYLE_LEAK, m
+    sweep = {w: {k: v[0] for k, v in x.items()} for w, x in res["sweep"].items()}
+    assert set(sweep) == {"0.0", "0.5", "1.0", "2.0"}
+    assert (
+        sweep["2.0"]["format_compliance"] >= sweep["0.0"]["format_compliance"] + SWEEP_FORMAT_RISE
+    )
+    assert sweep["2.0"]["style_compliance"] >= prop["style_compliance"] + STYLE_GAP_OVER_PROPOSAL
+    assert (out / "weight_sweep.png").stat().st_size > 0
 
 
 def _readme_block(start_marker: str) -> str:

@@ -1,4 +1,4 @@
-"""The `python -m ram_jax.generate` CLI: end to end on tiny HF directories."""
+"""`python -m ram_jax.generate` and `decoding.files`: end to end on tiny HF directories."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from ram_jax import generate
 from ram_jax.data import templates
-from ram_jax.decoding import batching
-from ram_jax.decoding import decoder as decode
+from ram_jax.decoding import driver, files, modes
 from ram_jax.decoding import sampling as S
 from ram_jax.models import convert
 from ram_jax.models import tokenizer as T
@@ -26,7 +26,7 @@ from tests.hf_fixtures import random_params
 
 FIXTURE_TOKENIZER = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizer.json")
 INSTRUCTIONS = ["Say hello.", "What is two plus two? Answer briefly.", "Name a colour."]
-# The aligner pads its embedding (like Qwen2.5): rows 384..399 must never be sampled.
+# The aligners pad their embedding (like Qwen2.5): rows 384..399 must never be sampled.
 P_CONFIG = get_preset("tiny-llama", vocab_size=384, eos_token_ids=(0,))
 Q_CONFIG = P_CONFIG.replace(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1)
 
@@ -35,11 +35,15 @@ Q_CONFIG = P_CONFIG.replace(vocab_size=400, hidden_size=32, intermediate_size=64
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("generate")
     tok = T.load_tokenizer(FIXTURE_TOKENIZER)
-    for name, config, seed in (("proposal", P_CONFIG, 1), ("aligner", Q_CONFIG, 2)):
+    for name, config, seed in (
+        ("proposal", P_CONFIG, 1),
+        ("aligner", Q_CONFIG, 2),
+        ("aligner2", Q_CONFIG, 4),
+    ):
         convert.save_hf(
             random_params(abstract_params(config), seed), config, str(root / name), tokenizer=tok
         )
-    # The aligner as a training workdir: the CLI finds <workdir>/export.
+    # An aligner as a training workdir: the CLI finds <workdir>/export.
     os.makedirs(root / "run")
     os.rename(root / "aligner", root / "run" / "export")
     with open(root / "prompts.jsonl", "w") as f:
@@ -53,22 +57,45 @@ def _parse(argv):
     generate.FLAGS(["generate", *argv])
 
 
-def test_cli_end_to_end_equals_library_decode(dirs):
+def _library(dirs, mode, params, aligners, seed, chunk=16):
+    """The same decode through the driver: one batch, no stream."""
+    tok = T.load_tokenizer(FIXTURE_TOKENIZER)
+    models = files.load_models(str(dirs / "proposal"), aligners, "float32", tok)
+    prompts = templates.encode_prompts(tok, INSTRUCTIONS, "human_assistant")
+    return driver.generate(
+        models,
+        prompts,
+        mode,
+        params,
+        key=jax.random.key(seed),
+        vocab_size=384,
+        eos_ids=(0,),
+        pad_id=0,
+        chunk=chunk,
+        tokenizer=tok,
+    )
+
+
+def test_cli_composes_aligners_and_equals_library_decode(dirs):
     out = dirs / "out.json"
+    aligners = [str(dirs / "run"), str(dirs / "aligner2")]
     args = [
         f"--proposal={dirs / 'proposal'}",
-        f"--aligner={dirs / 'run'}",
+        *[f"--aligner={a}" for a in aligners],
+        "--aligner_weight=0.7",
+        "--aligner_weight=1.5",
         f"--prompts={dirs / 'prompts.jsonl'}",
         "--template=human_assistant",
         f"--output={out}",
-        "--mode=par_kl",
+        "--mode=weighted_product",
         "--temperature=0.8",
         "--proposal_temperature=0.7",
-        "--top_p=0.9",
+        "--proposal_top_p=0.9",
+        "--top_p=0.95",
         "--repetition_penalty=1.1",
-        "--kl_threshold=0.5",
         "--max_new_tokens=6",
         "--batch_size=2",
+        "--chunk=2",
         "--seed=3",
         "--stop=lo",
     ]
@@ -83,56 +110,94 @@ def test_cli_end_to_end_equals_library_decode(dirs):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     records = json.loads(out.read_text())
     assert [r["instruction"] for r in records] == INSTRUCTIONS
-    assert {r["generator"] for r in records} == {"ram_jax-par_kl-proposal+export"}
-    metrics = json.loads((dirs / "out.json.metrics.json").read_text())
-    assert metrics == summary
+    assert {r["generator"] for r in records} == {
+        "ram_jax-weighted_product-proposal+export+aligner2"
+    }
+    assert json.loads((dirs / "out.json.metrics.json").read_text()) == summary
     assert summary["num_prompts"] == 3 and not summary["timings_include_compile"]
     assert summary["ttft_seconds"] > 0 and summary["tokens_per_second"] > 0
-    # The same decode through the library (no stream, one batch) gives the same texts.
-    tok = T.load_tokenizer(FIXTURE_TOKENIZER)
-    p_config, p_params = convert.load_hf(str(dirs / "proposal"))
-    q_config, q_params = convert.load_hf(str(dirs / "run" / "export"))
-    prompts = templates.encode_prompts(tok, INSTRUCTIONS, "human_assistant")
-    sampling = S.SamplingConfig(
-        mode="par_kl",
+    assert summary["sampling"]["aligner_weights"] == [0.7, 1.5]
+    params = S.SamplingParams(
         temperature=0.8,
         proposal_temperature=0.7,
-        top_p=0.9,
+        proposal_top_p=0.9,
+        top_p=0.95,
         repetition_penalty=1.1,
-        kl_threshold=0.5,
-    )
-    lib = decode.generate(
-        p_params,
-        p_config,
-        prompts,
-        sampling,
-        key=jax.random.key(3),
         max_new_tokens=6,
-        vocab_size=384,
-        q_params=q_params,
-        q_config=q_config,
-        eos_ids=(0,),
-        pad_id=0,
+        aligner_weights=(0.7, 1.5),
+        stop=("lo",),
     )
-    assert summary["generated_tokens"] == int(lib["lengths"].sum())
-    texts = batching.decode_texts(tok, lib["tokens"], lib["lengths"], (0,), ["lo"])
-    assert [r["output"] for r in records] == texts
-    assert any(texts), "all outputs empty: the comparison would be vacuous"
+    lib = _library(dirs, "weighted_product", params, aligners, seed=3)
+    assert [r["output"] for r in records] == lib.texts
+    assert summary["generated_tokens"] == int(lib.lengths.sum())
+    assert any(lib.texts), "all outputs empty: the comparison would be vacuous"
+
+
+def test_stop_strings_end_rows_and_metrics_count_only_kept_tokens(dirs):
+    """A stop string ends its row at a chunk boundary: the row is the unstopped row cut
+    at the token that completed the stop, and every count and rate (tokens, the
+    aligner-branch rates) covers only the kept tokens."""
+    params = S.SamplingParams(
+        temperature=1.5, proposal_top_p=0.95, kl_threshold=0.5, max_new_tokens=24
+    )
+    aligners = [str(dirs / "run")]
+    free = _library(dirs, "par_kl", params, aligners, seed=1, chunk=3)
+    stop = "e"
+    hits = [t.find(stop) for t in free.texts]
+    assert any(h >= 0 for h in hits), "no row would stop: the test would be vacuous"
+    stopped = _library(dirs, "par_kl", params.replace(stop=(stop,)), aligners, seed=1, chunk=3)
+    tok = T.load_tokenizer(FIXTURE_TOKENIZER)
+    for i, h in enumerate(hits):
+        n = stopped.lengths[i]
+        np.testing.assert_array_equal(stopped.tokens[i, :n], free.tokens[i, :n])
+        assert np.all(stopped.tokens[i, n:] == 0)
+        if h < 0:
+            assert stopped.texts[i] == free.texts[i] and n == free.lengths[i]
+            continue
+        assert stopped.texts[i] == free.texts[i][:h]
+        assert stop in tok.decode(stopped.tokens[i, :n].tolist())
+        assert stop not in tok.decode(stopped.tokens[i, : n - 1].tolist())
+        assert stopped.finish_reasons[i] == "stop"
+    metrics = stopped.metrics()
+    assert metrics["generated_tokens"] == int(stopped.lengths.sum()) < free.lengths.sum()
+    live = np.arange(24)[None] < stopped.lengths[:, None]
+    assert 0 < metrics["aligner_branch_rate"] < 1, "both par_kl branches must occur"
+    assert metrics["aligner_branch_rate"] == pytest.approx(stopped.aligner_branch[live].mean())
+    assert metrics["aligner_branch_rate_first_token"] == pytest.approx(
+        stopped.aligner_branch[:, 0].mean()
+    )
 
 
 def test_reference_preset_and_overrides():
     _parse(["--proposal=x", "--output=y", "--preset=reference", "--temperature=0.3"])
-    got = generate.sampling_from_flags()
-    assert got == S.REFERENCE.replace(temperature=0.3)
-    assert (got.mode, got.kl_threshold, got.top_p, got.proposal_top_p) == ("par_kl", 0.1, 0.9, 0.95)
-    assert (got.repetition_penalty, got.filter_order) == (1.05, "top_p_first")
+    mode, params, seq_sir = generate.settings_from_flags()
+    assert params == S.REFERENCE.replace(temperature=0.3) and seq_sir is None
+    assert mode == modes.ParKl()
+    assert (params.kl_threshold, params.top_p, params.proposal_top_p) == (0.1, 0.9, 0.95)
+    assert (params.repetition_penalty, params.filter_order) == (1.05, "top_p_first")
+    assert (params.max_new_tokens, params.stop, params.rstrip) == (1024, ("\n\nHuman",), True)
     assert S.reference_sampling("qwen", "ultrachat").temperature == 0.3
+    # The reference's par always has its EOS rule; a flag can turn it off.
+    _parse(["--proposal=x", "--output=y", "--preset=reference", "--mode=par", "--seq_sir=4"])
+    mode, _, seq_sir = generate.settings_from_flags()
+    assert mode == modes.Par(eos_priority=True) and seq_sir.num_candidates == 4
+    _parse(["--proposal=x", "--output=y", "--preset=reference", "--mode=par", "--noeos_priority"])
+    assert generate.settings_from_flags()[0] == modes.Par(eos_priority=False)
 
 
-def test_bad_sampling_flag_rejected_before_loading():
-    _parse(["--proposal=/nonexistent", "--output=y", "--top_p=1.5"])
-    with pytest.raises(ValueError, match=r"top_p=1.5 must lie in \(0, 1\]"):
-        generate.sampling_from_flags()
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--top_p=1.5"], r"top_p=1.5 must lie in \(0, 1\]"),
+        (["--aligner=a", "--aligner_weight=1", "--aligner_weight=2"], "2 --aligner_weight for 1"),
+        (["--mode=par_kl", "--eos_priority"], r"takes no \['eos_priority'\]"),
+        (["--aligner_weight=-1", "--aligner=a"], "aligner_weights=.* must be one finite"),
+    ],
+)
+def test_bad_flags_rejected_before_loading(argv, message):
+    _parse(["--proposal=/nonexistent", "--output=y", *argv])
+    with pytest.raises(ValueError, match=message):
+        generate.settings_from_flags()
 
 
 def test_different_tokenizers_rejected_up_front(dirs, tmp_path):
@@ -140,36 +205,34 @@ def test_different_tokenizers_rejected_up_front(dirs, tmp_path):
     config = Q_CONFIG.replace(vocab_size=300)
     tok = T.build_tokenizer(["a different corpus " * 50], vocab_size=290)
     convert.save_hf(random_params(abstract_params(config), 3), config, str(other), tokenizer=tok)
-    _parse(
-        [
-            f"--proposal={dirs / 'proposal'}",
-            f"--aligner={other}",
-            "--mode=par",
-            f"--prompts={dirs / 'prompts.jsonl'}",
-            f"--output={tmp_path / 'o.json'}",
-        ]
-    )
     with pytest.raises(ValueError, match="do not share one tokenizer"):
-        generate.run(generate.sampling_from_flags())
+        files.decode_file(
+            proposal=str(dirs / "proposal"),
+            aligners=[str(dirs / "run"), str(other)],
+            prompts=str(dirs / "prompts.jsonl"),
+            output=str(tmp_path / "o.json"),
+            mode=modes.get_mode("weighted_product"),
+            params=S.SamplingParams(),
+        )
     assert not (tmp_path / "o.json").exists()
 
 
 def test_read_prompts_formats_and_errors(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"instruction": "x"}, {"prompt": "y"}]))
-    assert generate.read_prompts(str(tmp_path / "a.json")) == ["x", "y"]
+    assert files.read_prompts(str(tmp_path / "a.json")) == ["x", "y"]
     (tmp_path / "b.jsonl").write_text('{"prompt": "x"}\n{"text": "y"}\n')
     with pytest.raises(ValueError, match=r"b\.jsonl:2: record has no string field"):
-        generate.read_prompts(str(tmp_path / "b.jsonl"))
+        files.read_prompts(str(tmp_path / "b.jsonl"))
     (tmp_path / "c.jsonl").write_text('{"prompt": "x"}\n{oops\n')
     with pytest.raises(ValueError, match=r"c\.jsonl:2: invalid JSON"):
-        generate.read_prompts(str(tmp_path / "c.jsonl"))
+        files.read_prompts(str(tmp_path / "c.jsonl"))
     # A pretty-printed document: the error is reported on its own line, not line 1.
     (tmp_path / "d.jsonl").write_text('{\n  "prompt": "x",\n  "n": 1,\n  oops\n}\n')
     with pytest.raises(ValueError, match=r"d\.jsonl:4:3: invalid JSON"):
-        generate.read_prompts(str(tmp_path / "d.jsonl"))
+        files.read_prompts(str(tmp_path / "d.jsonl"))
     (tmp_path / "e.jsonl").write_bytes(b'{"prompt": "x"}\n{"prompt": "caf\xe9"}\n')
     with pytest.raises(ValueError, match=r"e\.jsonl:2: not UTF-8 text"):
-        generate.read_prompts(str(tmp_path / "e.jsonl"))
+        files.read_prompts(str(tmp_path / "e.jsonl"))
     with pytest.raises(FileNotFoundError, match="neither an HF model directory"):
         load_model(str(tmp_path), "float32", "--aligner")
 
@@ -202,21 +265,21 @@ def test_instruct_aligner_on_a_base_proposal_with_the_chat_template(tmp_path, ca
     shutil.copytree(tmp_path / "q", no_tok)
     os.remove(no_tok / "tokenizer.json")
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "Name a colour."}\n{"prompt": "Hi!"}\n')
-    args = [
-        f"--proposal={tmp_path / 'p'}",
-        f"--prompts={tmp_path / 'prompts.jsonl'}",
-        "--template=chat",
-        "--mode=product",
-        "--max_new_tokens=3",
-        "--batch_size=2",
-        f"--output={tmp_path / 'out.json'}",
-    ]
-    _parse([*args, f"--aligner={no_tok}"])
+    run = lambda aligner: files.decode_file(
+        proposal=str(tmp_path / "p"),
+        aligners=[str(aligner)],
+        prompts=str(tmp_path / "prompts.jsonl"),
+        output=str(tmp_path / "out.json"),
+        mode=modes.get_mode("product"),
+        params=S.SamplingParams(max_new_tokens=3),
+        template="chat",
+        batch_size=2,
+        progress=False,
+    )
     with pytest.raises(ValueError, match="holds no tokenizer.json.*--assume_same_tokenizer"):
-        generate.run(generate.sampling_from_flags())
-    _parse([*args, f"--aligner={tmp_path / 'q'}"])
+        run(no_tok)
     with caplog.at_level("INFO"):
-        metrics = generate.run(generate.sampling_from_flags())
+        _, metrics = run(tmp_path / "q")
     assert (
         f"stopping on EOS ids ['{endoftext} <|endoftext|>', '{im_end} <|im_end|>']" in caplog.text
     )

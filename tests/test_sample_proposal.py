@@ -9,8 +9,8 @@ import pytest
 
 from ram_jax import resumable, sample_proposal
 from ram_jax.data import read_rows
-from ram_jax.decoding import decoder
-from ram_jax.decoding.sampling import SamplingConfig
+from ram_jax.decoding import driver
+from ram_jax.decoding.sampling import SamplingParams
 from ram_jax.io import DataError
 from ram_jax.models.config import get_preset
 from ram_jax.models.convert import save_hf
@@ -19,7 +19,7 @@ from ram_jax.models.transformer import init_params
 from ram_jax.training.model import load_model
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-SAMPLING = SamplingConfig(mode="proposal", temperature=1.0, repetition_penalty=1.05)
+SAMPLING = SamplingParams(temperature=1.0, repetition_penalty=1.05)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_k_samples_per_row(full, rows_file):
 def _interrupted(proposal, rows_file, out, monkeypatch):
     """A run stopped during its second batch, its last partial line cut off (a kill mid-write)."""
     calls = []
-    real = decoder.generate
+    real = driver.generate
 
     def generate_then_die(*args, **kwargs):
         calls.append(1)
@@ -95,10 +95,10 @@ def _interrupted(proposal, rows_file, out, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(decoder, "generate", generate_then_die)
+    monkeypatch.setattr(driver, "generate", generate_then_die)
     with pytest.raises(KeyboardInterrupt):
         _sample(proposal, rows_file, out)
-    monkeypatch.setattr(decoder, "generate", real)
+    monkeypatch.setattr(driver, "generate", real)
     with open(out + ".partial", "a") as f:
         f.write('{"trunc')
 

@@ -2,10 +2,10 @@
 
 Training is `ram_jax.training.loop.run(config, workdir)`, the function behind
 `python -m ram_jax.main`, on the config that `--config=FILE:arg
---config.a.b=v` would load; decoding is `ram_jax.generate.run` on parsed
-flags, as `python -m ram_jax.generate` does. On 2 CPU cores a fresh
-interpreter per stage (imports plus compilation) would cost more than most
-stages. Proposal sampling is `ram_jax.sample_proposal.sample_file`, the
+--config.a.b=v` would load; decoding is `ram_jax.decoding.files.decode_file`,
+the function behind `python -m ram_jax.generate`, called with arguments. On
+2 CPU cores a fresh interpreter per stage (imports plus compilation) would
+cost more than most stages. Proposal sampling is `ram_jax.sample_proposal.sample_file`, the
 function behind `python -m ram_jax.sample_proposal`, with that command's
 default (the reference's) sampling settings.
 """
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import math
 import os
+from collections.abc import Sequence
 
 from experiments.configs import demo_proposal
+from ram_jax.decoding.sampling import SamplingParams
 
 CONFIGS = "experiments.configs"
 
@@ -60,7 +61,7 @@ def _param_count(export_dir: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Decoded:
-    """A method's answers and `ram_jax.generate`'s timings (compilation excluded)."""
+    """A method's answers and the driver's timings (compilation excluded)."""
 
     outputs: list[str]
     ttft_seconds: float  # median over batches: prompt in, first token out
@@ -68,55 +69,56 @@ class Decoded:
     batch_seconds: float  # mean wall time of one batch's whole answers
 
 
-DECODE = dict(temperature=0.7, proposal_temperature=0.7, top_p=0.95, proposal_top_p=0.95)
 NUM_CANDIDATES = 8
 MAX_NEW_TOKENS = 32
 BATCH_SIZE = 16
+DECODE = SamplingParams(
+    temperature=0.7,
+    proposal_temperature=0.7,
+    top_p=0.95,
+    proposal_top_p=0.95,
+    max_new_tokens=MAX_NEW_TOKENS,
+    stop=("\n\nHuman",),
+)
+# How a method's decoding name maps to the library: a registered mode with these
+# fields, or `seq_sir` over that token mode's candidates.
+MODE_FIELDS = {"sir": {"num_candidates": NUM_CANDIDATES}}
+SEQUENCE_RESAMPLED = {"seq_sir": "proposal"}
 
 
 def generate(
-    proposal: str, aligner: str | None, prompts_file: str, output: str, mode: str, seed: int
+    proposal: str,
+    aligners: Sequence[str],
+    prompts_file: str,
+    output: str,
+    decoding: str,
+    seed: int,
+    params: SamplingParams | Sequence[SamplingParams] = DECODE,
 ) -> Decoded:
-    """One `python -m ram_jax.generate` run; see `_run_generate`."""
-    return _run_generate(
+    """One `python -m ram_jax.generate` run, as `decode_file` with arguments."""
+    from ram_jax.decoding import files
+    from ram_jax.decoding.modes import get_mode
+    from ram_jax.decoding.resample import SeqSir
+
+    mode = get_mode(SEQUENCE_RESAMPLED.get(decoding, decoding), **MODE_FIELDS.get(decoding, {}))
+    record, metrics = files.decode_file(
         proposal=proposal,
-        aligner=aligner,
+        aligners=aligners,
         prompts=prompts_file,
         output=output,
         mode=mode,
-        seed=seed,
+        params=params,
+        seq_sir=SeqSir(NUM_CANDIDATES) if decoding in SEQUENCE_RESAMPLED else None,
         template=demo_proposal.TEMPLATE,
         batch_size=BATCH_SIZE,
-        num_candidates=NUM_CANDIDATES,
-        max_new_tokens=MAX_NEW_TOKENS,
-        **DECODE,
+        seed=seed,
+        progress=False,
     )
-
-
-def _run_generate(**flags_kw) -> Decoded:
-    """`python -m ram_jax.generate --k=v ...` in this process: its `run` on parsed flags.
-
-    The command's flags persist between calls, so they are reset to their
-    defaults before each parse (a flag absent from this call must not keep the
-    previous call's value).
-    """
-    from ram_jax import generate as gen
-
-    argv = ["ram_jax.generate"] + [f"--{k}={v}" for k, v in flags_kw.items() if v is not None]
-    gen.FLAGS.unparse_flags()
-    gen.FLAGS(argv)
-    metrics = gen.run(gen.sampling_from_flags())
-    with open(flags_kw["output"]) as f:
-        outputs = [r["output"] for r in json.load(f)]
-    batches = -(-metrics["num_prompts"] // metrics["batch_size"])
-    # One batch's whole answers: what a sequence-level corrector waits for.
-    warm_batches = max(batches - 1, 1)
-    warm_seconds = metrics["wall_seconds"] - (metrics["first_batch_seconds"] if batches > 1 else 0)
     return Decoded(
-        outputs=outputs,
+        outputs=record.texts,
         ttft_seconds=metrics["ttft_seconds"],
         tokens_per_second=metrics["tokens_per_second"],
-        batch_seconds=warm_seconds / warm_batches,
+        batch_seconds=metrics["batch_seconds"],
     )
 
 

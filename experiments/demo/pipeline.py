@@ -5,8 +5,10 @@
   proposal   pre-train the proposal on the base corpus (`ram_jax.main`'s run)
   samples    K proposal samples per aligned prompt (`ram_jax.sample_proposal`)
   per seed:  train `aligner` (sft), `proposal_sft`, the RAM aligners (ram_sft,
-             ram_dpo, ram_mc) and the `corrector` (`ram_jax.main`'s run);
-             decode every method (`ram_jax.generate`); score.
+             ram_dpo, ram_mc), the `format` aligner (ram_sft on the format set)
+             and the `corrector` (`ram_jax.main`'s run); decode every method
+             (`ram_jax.generate`'s `decode_file`), the two aligners composed and
+             a sweep of the format aligner's weight; score.
 
 How each entry point is called: `entry_points.py`. The proposal and its offline
 samples are built once per run, like the paper's frozen base LLM; each seed
@@ -37,6 +39,24 @@ from ram_jax.io import read_objects, write_atomic, write_jsonl
 
 RAM_OBJECTIVES = ("ram_sft", "ram_dpo", "ram_mc")
 CORRECTOR_DRAFT = "{question}\n\nDraft: {draft}"
+# The format aligner's weights in the two-aligner sweep (the style aligner at 1).
+SWEEP_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+# (style, format) aligner weights of the composed decode's rows.
+COMPOSED = {
+    "ram_product_format": (0.0, 1.0),
+    "ram_product_both": (1.0, 1.0),
+    **{f"format_w{wf}": (1.0, wf) for wf in SWEEP_WEIGHTS},
+}
+# What each method trained, when not one RAM objective (for its params and seconds).
+TRAINED = {
+    "proposal": (),
+    "aligner": ("aligner",),
+    "proposal_sft": ("proposal_sft",),
+    "corrector": ("corrector",),
+    "ram_product_format": ("format",),
+    "ram_product_both": ("ram_sft", "format"),
+}
+READS_SAMPLES = ("ram_sft", "ram_mc", "corrector", "format")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +189,16 @@ def corrector_rows(aligned_sampled: list[dict], k: int) -> list[dict]:
     return rows
 
 
+def format_rows(aligned_sampled: list[dict], w: world_lib.World, seed: int) -> list[dict]:
+    """The format set: the aligned rows (prompts, proposal samples) with format answers."""
+    rng = random.Random(seed + 1)
+    rows = []
+    for r, ex in zip(aligned_sampled, w.aligned, strict=True):
+        assert r["prompt"] == ex.question, "sampled rows out of the aligned set's order"
+        rows.append({**r, "chosen": world_lib.format_answer(rng, ex)})
+    return rows
+
+
 def score(outputs: list[str], w: world_lib.World, finished=None) -> dict:
     return scorers.score_answers(outputs, w.eval, w.values, finished)
 
@@ -176,8 +206,9 @@ def score(outputs: list[str], w: world_lib.World, finished=None) -> dict:
 # ----------------------------------------------------------------------------- a seed
 
 
-def run_seed(plan: Plan, seed: int, shared: dict, progress: Progress) -> dict[str, dict]:
-    """Trains and decodes every method for one seed; returns {method: metrics}."""
+def run_seed(plan: Plan, seed: int, shared: dict, progress: Progress) -> tuple[dict, dict]:
+    """Trains and decodes every method for one seed; returns ({method: metrics},
+    {format weight: metrics})."""
     w, paths = shared["world"], shared["paths"]
     sd = os.path.join(plan.out, f"seed{seed}")
     gen_dir = os.path.join(sd, "generations")
@@ -203,22 +234,23 @@ def run_seed(plan: Plan, seed: int, shared: dict, progress: Progress) -> dict[st
     )
     for obj in plan.objectives:
         stage_train(obj, "demo_aligner", qa(obj), aligned)
+    stage_train("format", "demo_aligner", qa("ram_sft"), shared["format_train"])
     stage_train("corrector", "demo_corrector", q, shared["corrector_train"])
 
     results, decoded = {}, {}
 
-    def stage_decode(method, proposal, aligner, mode, prompts=paths["eval"]):
+    def stage_decode(method, proposal, aligners, decoding, prompts=paths["eval"], params=DECODE):
         name = f"seed {seed}: decode {method}"
         t = progress.start(name)
         out = os.path.join(gen_dir, f"{method}.json")
-        decoded[method] = generate(proposal, aligner, prompts, out, mode, seed)
+        decoded[method] = generate(proposal, aligners, prompts, out, decoding, seed, params)
         progress.end(name, t)
         return decoded[method]
 
     export = lambda key: trained[key]["export_dir"]
-    stage_decode("proposal", shared["proposal_dir"], None, "proposal")
-    stage_decode("aligner", export("aligner"), None, "proposal")
-    stage_decode("proposal_sft", export("proposal_sft"), None, "proposal")
+    stage_decode("proposal", shared["proposal_dir"], [], "proposal")
+    stage_decode("aligner", export("aligner"), [], "proposal")
+    stage_decode("proposal_sft", export("proposal_sft"), [], "proposal")
     # The corrector rewrites the proposal's (already decoded) answers.
     corr_prompts = os.path.join(sd, "corrector_prompts.jsonl")
     write_jsonl(
@@ -228,11 +260,27 @@ def run_seed(plan: Plan, seed: int, shared: dict, progress: Progress) -> dict[st
             for e, d in zip(w.eval, decoded["proposal"].outputs, strict=True)
         ],
     )
-    stage_decode("corrector", export("corrector"), None, "proposal", corr_prompts)
+    stage_decode("corrector", export("corrector"), [], "proposal", corr_prompts)
     for obj in plan.objectives:
         for mode in plan.ram_modes[obj]:
             method = f"ram_{mode}" if obj == "ram_sft" else f"{obj}_{mode}"
-            stage_decode(method, shared["proposal_dir"], export(obj), mode)
+            stage_decode(method, shared["proposal_dir"], [export(obj)], mode)
+    # The second behaviour: the format aligner alone, both aligners composed and the
+    # format weight swept, all in one decode: one row per (prompt, weights), so the
+    # per-row weights share one compiled decoder. A zero weight cancels its aligner.
+    both = [export("ram_sft"), export("format")]
+    prompts = os.path.join(sd, "composed_prompts.jsonl")
+    write_jsonl(prompts, [{"instruction": e.question} for _ in COMPOSED for e in w.eval])
+    rows = [DECODE.replace(aligner_weights=ws) for ws in COMPOSED.values() for _ in w.eval]
+    composed = stage_decode(
+        "composed", shared["proposal_dir"], both, "weighted_product", prompts, rows
+    )
+    del decoded["composed"]
+    n = len(w.eval)
+    parts = {k: composed.outputs[i * n : (i + 1) * n] for i, k in enumerate(COMPOSED)}
+    for method in ("ram_product_format", "ram_product_both"):
+        decoded[method] = dataclasses.replace(composed, outputs=parts[method])
+    sweep = {str(wf): score(parts[f"format_w{wf}"], w) for wf in SWEEP_WEIGHTS}
 
     sampling_s = shared["sampling_seconds"]
     for method, d in decoded.items():
@@ -244,25 +292,22 @@ def run_seed(plan: Plan, seed: int, shared: dict, progress: Progress) -> dict[st
             ttft = p.batch_seconds + d.ttft_seconds
             # Tokens the user receives per second of the two stages together.
             tps = d.tokens_per_second * d.batch_seconds / (p.batch_seconds + d.batch_seconds)
-        key = {
-            "proposal": None,
-            "aligner": "aligner",
-            "proposal_sft": "proposal_sft",
-            "corrector": "corrector",
-        }.get(method, _objective_of(method))
-        train_s = trained[key]["seconds"] if key else 0.0
+        keys = TRAINED.get(method, (_objective_of(method),))
+        train_s = sum(trained[k]["seconds"] for k in keys)
         # Offline proposal samples are part of the cost of the methods that read them.
-        if key in ("ram_sft", "ram_mc", "corrector"):
+        if any(k in READS_SAMPLES for k in keys):
             train_s += sampling_s
         m.update(
-            trainable_params=trained[key]["trainable_params"] if key else 0,
+            trainable_params=sum(trained[k]["trainable_params"] for k in keys),
             train_seconds=train_s,
             ttft_seconds=ttft,
             tokens_per_second=tps,
         )
         results[method] = m
-    write_atomic(os.path.join(sd, "metrics.json"), json.dumps(results, indent=1))
-    return results
+    write_atomic(
+        os.path.join(sd, "metrics.json"), json.dumps({**results, "sweep": sweep}, indent=1)
+    )
+    return results, sweep
 
 
 def _objective_of(method: str) -> str:
@@ -284,7 +329,7 @@ def stage_costs(plan: Plan) -> list[tuple[str, float]]:
     ]
     for s in range(plan.seeds):
         stages += [(f"seed {s}: train aligner", 10.0), (f"seed {s}: train proposal_sft", 14.0)]
-        stages += [(f"seed {s}: train {o}", 10.0) for o in plan.objectives]
+        stages += [(f"seed {s}: train {o}", 10.0) for o in (*plan.objectives, "format")]
         stages += [(f"seed {s}: train corrector", 12.0)]
         for m in ("proposal", "aligner", "proposal_sft", "corrector"):
             stages.append((f"seed {s}: decode {m}", 4.0))
@@ -292,6 +337,7 @@ def stage_costs(plan: Plan) -> list[tuple[str, float]]:
             for mode in plan.ram_modes[obj]:
                 method = f"ram_{mode}" if obj == "ram_sft" else f"{obj}_{mode}"
                 stages.append((f"seed {s}: decode {method}", 8.0 if "sir" in mode else 5.0))
+        stages.append((f"seed {s}: decode composed", 10.0))
     return stages
 
 
@@ -334,18 +380,27 @@ def run(plan: Plan) -> dict:
     shared["aligned_sampled"] = sampled
     shared["corrector_train"] = os.path.join(plan.out, "world", "corrector.jsonl")
     write_jsonl(shared["corrector_train"], corrector_rows(read_jsonl(sampled), plan.num_samples))
+    shared["format_train"] = os.path.join(plan.out, "world", "format_sampled.jsonl")
+    rows = format_rows(read_jsonl(sampled), shared["world"], plan.world_seed)
+    write_jsonl(shared["format_train"], rows)
     progress.end("sample proposal", t)
 
-    per_seed = [run_seed(plan, s, shared, progress) for s in range(plan.seeds)]
+    runs = [run_seed(plan, s, shared, progress) for s in range(plan.seeds)]
+    per_seed, sweeps = [r[0] for r in runs], [r[1] for r in runs]
     info = {
         "quick": plan.quick,
         "seeds": plan.seeds,
         "world_seed": plan.world_seed,
         "wall_seconds": time.time() - t0,
-        "decode": {**DECODE, "num_candidates": NUM_CANDIDATES, "max_new_tokens": MAX_NEW_TOKENS},
+        "decode": {
+            **dataclasses.asdict(DECODE),
+            "num_candidates": NUM_CANDIDATES,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "sweep_weights": SWEEP_WEIGHTS,
+        },
         "world": dataclasses.asdict(plan.world_spec),
     }
-    results = report.write_results(plan.out, per_seed, info)
+    results = report.write_results(plan.out, per_seed, info, sweeps)
     print(
         f"done: {plan.seeds} seed(s) in {time.time() - t0:.0f}s; results in "
         f"{os.path.join(plan.out, 'results.md')}",

@@ -12,6 +12,7 @@ from ram_jax.io import write_atomic
 
 METRICS = (
     "style_compliance",
+    "format_compliance",
     "factual_accuracy",
     "well_formed",
     "distinct_2",
@@ -70,10 +71,10 @@ def _fmt(metric: str, m: float, s: float, n: int) -> str:
 
 def markdown_table(means: dict, stds: dict, num_seeds: int) -> str:
     header = (
-        "| method | style | accuracy | well-formed | distinct-2 | trainable params "
+        "| method | style | format | accuracy | well-formed | distinct-2 | trainable params "
         "| train s | TTFT | tokens/s |"
     )
-    lines = [header, "|" + " --- |" * 9]
+    lines = [header, "|" + " --- |" * 10]
     for name in means:
         cells = [_fmt(k, means[name][k], stds[name][k], num_seeds) for k in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -133,6 +134,52 @@ def plot(means: dict, stds: dict, out_dir: str) -> list[str]:
     return paths
 
 
+SWEEP_METRICS = ("style_compliance", "format_compliance", "factual_accuracy")
+
+
+def aggregate_sweep(per_seed: Sequence[dict]) -> dict:
+    """Per-seed `{weight: {metric: value}}` -> `{weight: {metric: (mean, std)}}`."""
+    weights = sorted({w for run in per_seed for w in run}, key=float)
+    return {
+        w: {k: _mean_std([float(run[w][k]) for run in per_seed]) for k in SWEEP_METRICS}
+        for w in weights
+    }
+
+
+def sweep_table(sweep: dict, num_seeds: int) -> str:
+    lines = ["| format weight | style | format | accuracy |", "| --- | --- | --- | --- |"]
+    for w, m in sweep.items():
+        cells = [_fmt(k, *m[k], num_seeds) for k in SWEEP_METRICS]
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sweep(sweep: dict, out_dir: str) -> str:
+    """Style, format and accuracy against the format aligner's weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    weights = [float(w) for w in sweep]
+    labels = ("style (aligner 1)", "format (aligner 2)", "accuracy")
+    for k, label in zip(SWEEP_METRICS, labels, strict=True):
+        means = [m[k][0] for m in sweep.values()]
+        stds = [m[k][1] for m in sweep.values()]
+        ax.errorbar(weights, means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.set_xlabel("weight of the format aligner (style aligner at 1)")
+    ax.set_ylabel("fraction of answers")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("P x Q_style x Q_format^w: one behaviour per aligner")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = _save(fig, os.path.join(out_dir, "weight_sweep.png"))
+    plt.close(fig)
+    return path
+
+
 def _save(fig, path: str) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
@@ -140,20 +187,39 @@ def _save(fig, path: str) -> str:
     return path
 
 
-def write_results(out_dir: str, per_seed: Sequence[dict], info: dict) -> dict:
-    """Writes results.json, results.md and the plots; returns the JSON object."""
+def write_results(
+    out_dir: str, per_seed: Sequence[dict], info: dict, sweeps: Sequence[dict] = ()
+) -> dict:
+    """Writes results.json, results.md and the plots; returns the JSON object.
+
+    `sweeps`: per seed, `{format weight: metrics}` of the two-aligner sweep.
+    """
     means, stds = aggregate(per_seed)
-    results = {"methods": means, "std": stds, "per_seed": list(per_seed), **info}
+    sweep = aggregate_sweep(sweeps) if sweeps else {}
+    results = {"methods": means, "std": stds, "per_seed": list(per_seed), "sweep": sweep, **info}
     write_atomic(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2) + "\n")
     plots = plot(means, stds, out_dir)
     n = len(per_seed)
+    sweep_md = []
+    if sweep:
+        plots.append(plot_sweep(sweep, out_dir))
+        sweep_md = [
+            "Two aligners, `weighted_product` with the style aligner at weight 1 and the "
+            "format aligner at the weight shown (decoded in one call with `ram_product_format` "
+            "(weights 0, 1) and `ram_product_both` (1, 1): one row per prompt and weights):",
+            "",
+            sweep_table(sweep, n),
+            "",
+        ]
     md = [
         f"# RAM embedded experiment ({'quick' if info.get('quick') else 'full'} run, "
         f"{n} seed{'s' if n > 1 else ''}{', mean ± std' if n > 1 else ''})",
         "",
         markdown_table(means, stds, n),
         "",
-        "style: fraction of answers in the target (polite) style; accuracy: fraction stating "
+        *sweep_md,
+        "style: fraction of answers in the target (polite) style; format: fraction ending with "
+        "the citation '(Source: World Atlas.)' (the second behaviour); accuracy: fraction stating "
         "the true attribute of an entity absent from the aligned set; well-formed: parses as "
         "exactly one answer template; trainable params and train s: the alignment step only "
         "(proposal pre-training is shared; proposal-sampling time is charged to the methods "

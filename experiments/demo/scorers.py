@@ -1,4 +1,4 @@
-"""Scorers for the synthetic world's answers: style, accuracy, form, diversity.
+"""Scorers for the synthetic world's answers: style, format, accuracy, form, diversity.
 
 All scorers read plain answer strings (what `ram_jax.generate` writes in the
 `output` field), so they score every method the same way.
@@ -10,7 +10,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
-from experiments.demo.world import CLOSERS, OPENERS, STYLES, TARGET_STYLE
+from experiments.demo.world import CITATION, CLOSERS, OPENERS, STYLES, TARGET_STYLE
 
 _FACT_RES = (
     re.compile(
@@ -32,13 +32,21 @@ class Parsed:
     value: str
 
 
+def split_citation(text: str) -> tuple[str, bool]:
+    """`(answer without its closing citation, whether it had one)`."""
+    text = text.strip()
+    if text == CITATION or text.endswith(" " + CITATION):
+        return text[: -len(CITATION)].rstrip(), True
+    return text, False
+
+
 def parse_answer(text: str) -> Parsed | None:
-    """Parses `[opener] fact [closer]` with opener and closer of one style.
+    """Parses `[opener] fact [closer] [citation]` with opener and closer of one style.
 
     Returns None when the answer is not exactly one template: a missing or
     doubled part, an opener and closer of different styles, trailing text.
     """
-    text = text.strip()
+    text = split_citation(text)[0]
     for style in STYLES:
         openers = OPENERS[style] or ("",)
         closers = CLOSERS[style] or ("",)
@@ -58,13 +66,19 @@ def parse_answer(text: str) -> Parsed | None:
 
 
 def style_compliant(text: str) -> bool:
-    """Opens with a target-style opener, closes with a target-style closer,
-    and carries no marker of any other style."""
-    text = text.strip()
+    """Opens with a target-style opener, closes with a target-style closer
+    (before any citation), and carries no marker of any other style."""
+    text = split_citation(text)[0]
     opens = any(text.startswith(o + " ") for o in OPENERS[TARGET_STYLE])
     closes = any(text.endswith(" " + c) for c in CLOSERS[TARGET_STYLE])
     foreign = any(m in text for s in STYLES if s != TARGET_STYLE for m in OPENERS[s] + CLOSERS[s])
     return opens and closes and not foreign
+
+
+def format_compliant(text: str) -> bool:
+    """Ends with the citation, once."""
+    body, cited = split_citation(text)
+    return cited and CITATION not in body
 
 
 def factually_accurate(
@@ -97,7 +111,7 @@ def score_answers(
     values: dict[str, Sequence[str]],
     finished: Sequence[bool] | None = None,
 ) -> dict[str, float]:
-    """Mean style compliance, accuracy and well-formedness, and distinct-2.
+    """Mean style and format compliance, accuracy and well-formedness, and distinct-2.
 
     `examples` are the world's evaluation `Example`s in the same order as
     `answers`; `values` maps each attribute to its possible values.
@@ -110,6 +124,7 @@ def score_answers(
     n = len(answers)
     return {
         "style_compliance": sum(map(style_compliant, answers)) / n,
+        "format_compliance": sum(map(format_compliant, answers)) / n,
         "factual_accuracy": sum(
             factually_accurate(a, ex.entity, ex.attribute, ex.value, values[ex.attribute])
             for a, ex in zip(answers, examples, strict=True)

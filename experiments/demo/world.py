@@ -18,7 +18,15 @@ the same fact sentence:
 So the facts of an evaluation country are only learnable from the base corpus
 (knowledge lives in the large proposal), while the target style is only
 frequent in the aligned set (alignment lives in the small aligner).
-Everything is a pure function of a seed.
+
+A second aligned behaviour, independent of the style: a closing citation,
+"(Source: World Atlas.)", ending 20% of the base corpus's answers (so it lies
+in the proposal's nucleus) and half of the aligned set's (so the style
+aligner learns nothing about it). The *format* set (the aligned set's
+prompts) answers in all three styles equally, always cited: an aligner
+trained on it alone learns the citation and nothing about style. Citations
+are drawn from their own random stream, so every other draw of a world is
+the same with or without them. Everything is a pure function of a seed.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ FACTS = (
     "The {attr} of {ent} is {val}.",
     "{ent} has {val} as its {attr}.",
 )
+CITATION = "(Source: World Atlas.)"  # the format behaviour: a closing citation
 
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black")
 NUMBERS = tuple("one two three four five six seven eight nine ten eleven twelve".split())
@@ -74,6 +83,8 @@ class WorldSpec:
     base_repeats: int = 6
     aligned_repeats: int = 2
     num_eval: int = 96
+    citation_rate: float = 0.2  # base corpus
+    aligned_citation_rate: float = 0.5  # aligned (style) set: uninformative
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +97,7 @@ class Example:
     attribute: str
     value: str  # the value the answer states (noisy in the base corpus)
     style: str
+    cited: bool = False  # ends with the citation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +141,10 @@ def _unique_names(rng, count, endings, syllables, taken=()):
     return names
 
 
-def render_answer(rng: random.Random, style: str, ent: str, attr: str, val: str) -> str:
-    """One answer in `style` stating `attr(ent) = val`."""
+def render_answer(
+    rng: random.Random, style: str, ent: str, attr: str, val: str, cite: bool = False
+) -> str:
+    """One answer in `style` stating `attr(ent) = val`, cited if `cite`."""
     fact = rng.choice(FACTS).format(attr=attr, ent=ent, val=val)
     parts = []
     if OPENERS[style]:
@@ -138,6 +152,8 @@ def render_answer(rng: random.Random, style: str, ent: str, attr: str, val: str)
     parts.append(fact)
     if CLOSERS[style]:
         parts.append(rng.choice(CLOSERS[style]))
+    if cite:
+        parts.append(CITATION)
     return " ".join(parts)
 
 
@@ -150,6 +166,7 @@ def make_world(seed: int, spec: WorldSpec = WorldSpec()) -> World:
     if not 0 < spec.aligned_fraction < 1:
         raise ValueError(f"aligned_fraction={spec.aligned_fraction} must lie in (0, 1).")
     rng = random.Random(seed)
+    cites = random.Random(f"citations-{seed}")  # its own stream: the rest is unchanged
     entities = _unique_names(rng, spec.num_entities, _COUNTRY_ENDINGS, 2)
     cities = _unique_names(rng, spec.num_cities, _CITY_ENDINGS, 1, taken=entities)
     facts = {
@@ -175,8 +192,9 @@ def make_world(seed: int, spec: WorldSpec = WorldSpec()) -> World:
                 if rng.random() < spec.fact_noise:
                     val = rng.choice([v for v in values[attr] if v != val])
                 q = render_question(rng, e, attr)
-                a = render_answer(rng, style, e, attr, val)
-                base.append(Example(q, a, e, attr, val, style))
+                cite = cites.random() < spec.citation_rate
+                a = render_answer(rng, style, e, attr, val, cite)
+                base.append(Example(q, a, e, attr, val, style, cite))
     rng.shuffle(base)
 
     aligned = []
@@ -184,8 +202,9 @@ def make_world(seed: int, spec: WorldSpec = WorldSpec()) -> World:
         for e in aligned_entities:
             for attr, val in facts[e].items():
                 q = render_question(rng, e, attr)
-                a = render_answer(rng, TARGET_STYLE, e, attr, val)
-                aligned.append(Example(q, a, e, attr, val, TARGET_STYLE))
+                cite = cites.random() < spec.aligned_citation_rate
+                a = render_answer(rng, TARGET_STYLE, e, attr, val, cite)
+                aligned.append(Example(q, a, e, attr, val, TARGET_STYLE, cite))
     rng.shuffle(aligned)
 
     pairs = [(e, a) for e in eval_entities for a in ("capital", "colour", "number")]
@@ -214,6 +233,11 @@ def make_world(seed: int, spec: WorldSpec = WorldSpec()) -> World:
 
 
 def rejected_answer(rng: random.Random, ex: Example) -> str:
-    """The same fact as `ex` in a non-target style: the loser of a DPO pair."""
+    """The same fact (and citation) as `ex` in a non-target style: the loser of a DPO pair."""
     style = rng.choice([s for s in STYLES if s != TARGET_STYLE])
-    return render_answer(rng, style, ex.entity, ex.attribute, ex.value)
+    return render_answer(rng, style, ex.entity, ex.attribute, ex.value, ex.cited)
+
+
+def format_answer(rng: random.Random, ex: Example) -> str:
+    """`ex`'s fact in a uniformly drawn style, always cited: the format set's answer."""
+    return render_answer(rng, rng.choice(STYLES), ex.entity, ex.attribute, ex.value, cite=True)

@@ -1,9 +1,15 @@
-"""Decoding P and Q together: token rules, RAM modes, the jitted decoder, streaming, batching.
+"""Decoding P and the aligners together: settings, token rules, modes, the decoder, the driver.
 
-sampling    `SamplingConfig` and the pure `jnp` logit processors (token rules)
-modes       how each RAM mode draws the next token from P's and Q's logits
-decoder     prefill both models, then one `lax.scan` stepping both; `generate`
-until_done  the decoder as a `while_loop` that exits when every row is done
-stream      the decoder in chunks, tokens reaching the host as they are made
-batching    host-side prompt templates, buckets, left padding, texts out
+sampling    `SamplingParams` (one request's settings), `RowSettings` (their per-row
+            arrays in the decoder's carry), the reference presets
+processors  pure `jnp` logit processors with per-row settings (token rules)
+modes       the RAM modes as small registered rule objects (`Mode`, `MODES`)
+compose     `weighted_product`: several aligners, `P prod_i Q_i^w_i` (one mode class)
+decoder     the jitted core: prefill + first token, then chunks of steps
+driver      the host entry point: prompts in, a `DecodeRecord` out, chunks streamed
+resample    `seq_sir`: one of N candidates per prompt, resampled by Q(y|x)
+batching    host-side buckets, left padding, prompt checks, stop strings
+files       decoding from files: models from directories, prompts in, outputs written
 """
+
+from ram_jax.decoding import compose  # noqa: F401  (registers `weighted_product`)

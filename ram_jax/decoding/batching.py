@@ -1,4 +1,4 @@
-"""Host-side prompt batches for decoding: checks, bucketing, left padding, texts out.
+"""Host-side prompt batches for decoding: checks, bucketing, left padding, stop strings.
 
 Nothing here runs on the accelerator. Prompts are left padded (so every row's
 next token sits in the last column) to a power-of-two bucket length, so a
@@ -92,16 +92,3 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
             if at >= 0:
                 cut = min(cut, at)
     return text[:cut]
-
-
-def decode_texts(
-    tokenizer,
-    tokens_BxR: np.ndarray,
-    lengths_B: np.ndarray,
-    eos_ids: Sequence[int],
-    stops: Sequence[str] = (),
-) -> list[str]:
-    """Response texts: ids up to the first EOS, decoded, cut at the first stop string."""
-    ids = [response_ids(row, n, eos_ids) for row, n in zip(tokens_BxR, lengths_B, strict=True)]
-    texts = tokenizer.decode_batch(ids, skip_special_tokens=True)
-    return [cut_at_stops(t, stops) for t in texts]

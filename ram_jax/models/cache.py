@@ -70,6 +70,29 @@ def init_cache(
     )
 
 
+def write_layer(kv, layer, new_k_BxKxHxT, new_v_BxKxTxH):
+    """Writes one layer's block at the cache index; returns `(keys_BxKxHxS, values_BxKxSxH, kv)`.
+
+    `kv` is `(keys, values, index)` of either layout: the layer's own arrays
+    (unrolled layers, `layer` None) or the stacked `[L, ...]` arrays with
+    `layer` the index into them. Attention sees one shape either way.
+    """
+    k_all, v_all, index = kv
+    at = () if layer is None else (layer,)
+    lead = (lambda x: x) if layer is None else (lambda x: x[None])
+    k_all = jax.lax.dynamic_update_slice(
+        k_all, lead(new_k_BxKxHxT).astype(k_all.dtype), (*at, 0, 0, 0, index)
+    )
+    v_all = jax.lax.dynamic_update_slice(
+        v_all, lead(new_v_BxKxTxH).astype(v_all.dtype), (*at, 0, 0, index, 0)
+    )
+    if layer is None:
+        return k_all, v_all, (k_all, v_all, index)
+    keys = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
+    values = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
+    return keys, values, (k_all, v_all, index)
+
+
 def positions_from_mask(mask_BxT: jax.Array, offset_B: jax.Array | None = None) -> jax.Array:
     """RoPE positions for a left-padded block: real tokens count up from `offset_B`."""
     positions = jnp.cumsum(mask_BxT.astype(jnp.int32), axis=-1) - 1

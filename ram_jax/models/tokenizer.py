@@ -221,23 +221,25 @@ def training_eos_id(
 def pair_eos_ids(
     tok: Tokenizer,
     p_config: ModelConfig,
-    q_config: ModelConfig | None = None,
+    q_configs: ModelConfig | Sequence[ModelConfig] | None = None,
     tokenizer_config: TokenizerConfig | None = None,
 ) -> tuple[int, ...]:
-    """The ids that stop decoding of a proposal / aligner pair: both models' EOS ids.
+    """The ids that stop decoding of a proposal with its aligners: every model's EOS ids.
 
     An aligner tuned from an Instruct model ends its answers with its own EOS
     (Qwen2.5 Instruct: `<|im_end|>`), which a base proposal does not stop on;
-    decoding stops at either model's EOS. The union is logged.
+    decoding stops at any model's EOS. The union is logged.
     """
     p_ids = eos_token_ids(tok, p_config, tokenizer_config)
-    if q_config is None:
+    if isinstance(q_configs, ModelConfig):
+        q_configs = (q_configs,)
+    if not q_configs:
         return p_ids
-    q_ids = eos_token_ids(tok, q_config, tokenizer_config)
+    q_ids = tuple(i for config in q_configs for i in eos_token_ids(tok, config, tokenizer_config))
     ids = tuple(dict.fromkeys(p_ids + q_ids))
     name = lambda i: tok.id_to_token(i)
     logging.info(
-        "stopping on EOS ids %s: the proposal's %s and the aligner's %s",
+        "stopping on EOS ids %s: the proposal's %s and the aligners' %s",
         [f"{i} {name(i)}" for i in ids],
         list(p_ids),
         list(q_ids),

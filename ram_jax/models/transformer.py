@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ram_jax.models import attention as attn
-from ram_jax.models.cache import KVCache, positions_from_mask
+from ram_jax.models.cache import KVCache, positions_from_mask, write_layer
 from ram_jax.models.config import ModelConfig
 from ram_jax.models.quantize import Int8Embed, Int8Linear, is_quantized
 from ram_jax.models.rope import apply_rope, inverse_frequencies
@@ -88,24 +88,10 @@ class Attention(nnx.Module):
         # attention matmuls read the cache without a transpose.
         new_k, new_v = new_k.transpose(0, 2, 3, 1), new_v.transpose(0, 2, 1, 3)
         # Write this block's keys/values into the cache in place, then read the
-        # layer's full history back: its own arrays (unrolled layers, `layer`
-        # None) or its slice of the stacked ones.
-        k_all, v_all, index = kv
-        at = () if layer is None else (layer,)
-        lead = (lambda x: x) if layer is None else (lambda x: x[None])
-        k_all = jax.lax.dynamic_update_slice(
-            k_all, lead(new_k).astype(k_all.dtype), (*at, 0, 0, 0, index)
-        )
-        v_all = jax.lax.dynamic_update_slice(
-            v_all, lead(new_v).astype(v_all.dtype), (*at, 0, 0, index, 0)
-        )
-        if layer is None:
-            keys_BxKxHxS, values_BxKxSxH = k_all, v_all
-        else:
-            keys_BxKxHxS = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False)
-            values_BxKxSxH = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False)
+        # layer's full history back (one shape for either layer layout).
+        keys_BxKxHxS, values_BxKxSxH, kv = write_layer(kv, layer, new_k, new_v)
         out = attn.cached_attention(q, keys_BxKxHxS, values_BxKxSxH, mask, implementation=attention)
-        return self.o_proj(out.reshape(b, t, n * h)), (k_all, v_all, index)
+        return self.o_proj(out.reshape(b, t, n * h)), kv
 
 
 class MLP(nnx.Module):

@@ -1,0 +1,187 @@
+"""Decoding from and to files: models from directories, prompts from JSON, outputs written.
+
+`decode_file` is what `python -m ram_jax.generate` runs, callable with
+arguments: it checks everything cheap first (output path, template, prompts,
+the mode against the models given, every aligner's tokenizer against the
+proposal's), then loads the models once in the decoder's layer layout,
+decodes through `driver.generate`, and writes AlpacaEval JSON (a list of
+{instruction, output, generator}) plus `<output>.metrics.json`, atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import jax
+from tqdm import tqdm
+
+from ram_jax import io
+from ram_jax.data import templates
+from ram_jax.decoding import batching, driver
+from ram_jax.decoding.modes import Mode
+from ram_jax.decoding.resample import SeqSir
+from ram_jax.decoding.sampling import SamplingParams
+from ram_jax.models import tokenizer as T
+from ram_jax.models.tokenizer_check import check_model_tokenizers
+from ram_jax.models.tokenizer_config import load_tokenizer_config
+from ram_jax.training.model import load_model, model_dir
+
+
+def read_prompts(path: str) -> list[str]:
+    """Instructions from a JSON list or JSONL file (field `instruction` or `prompt`)."""
+    out = []
+    for where, row in io.read_objects(path):
+        value = row.get("instruction", row.get("prompt"))
+        if not isinstance(value, str):
+            raise io.DataError(
+                f"{where}: record has no string field 'instruction' or 'prompt' "
+                f"(fields: {sorted(row)})."
+            )
+        out.append(value)
+    return out
+
+
+def _name(path: str) -> str:
+    return os.path.basename(os.path.normpath(path))
+
+
+def load_tokenizer(proposal: str, aligners: Sequence[str], tokenizer=None, assume_same=False):
+    """`(tokenizer, TokenizerConfig)` of the proposal (or of `tokenizer`), checked.
+
+    Every aligner must share it: compared by what decides ids
+    (`tokenizer_check`); an aligner directory without a tokenizer is refused
+    unless `assume_same`.
+    """
+    p_dir = model_dir(proposal) or proposal
+    tok = T.load_tokenizer(tokenizer or p_dir)
+    tok_config = load_tokenizer_config(tokenizer or p_dir, tok)
+    q_dirs = {
+        f"aligner {i}" if len(aligners) > 1 else "aligner": model_dir(a) or a
+        for i, a in enumerate(aligners)
+    }
+    check_model_tokenizers(tok, q_dirs, assume_same=assume_same)
+    return tok, tok_config
+
+
+def load_models(proposal: str, aligners: Sequence[str], dtype: str, tok) -> driver.Models:
+    """The models from HF directories or training workdirs (their `export/`), in `dtype`
+    (`auto`: each checkpoint's own), checked against `tok` and arranged in the
+    decoder's layer layout once."""
+    p_dir = model_dir(proposal) or proposal
+    q_dirs = [model_dir(a) or a for a in aligners]
+    loaded = [load_model(p_dir, dtype, "--proposal")]
+    loaded += [load_model(q, dtype, "--aligner") for q in q_dirs]
+    for name, (config, _) in zip(["proposal", *q_dirs], loaded, strict=True):
+        T.check_vocab_fits(config, tok, name)
+    pairs = [(params, config) for config, params in loaded]
+    return driver.Models(pairs[0], tuple(pairs[1:])).arranged()
+
+
+def decode_file(
+    *,
+    proposal: str,
+    prompts: str,
+    output: str,
+    mode: Mode,
+    params: SamplingParams | Sequence[SamplingParams],
+    aligners: Sequence[str] = (),
+    seq_sir: SeqSir | None = None,
+    template: str = "raw",
+    add_bos: bool | None = None,
+    assume_same_tokenizer: bool = False,
+    tokenizer: str | None = None,
+    dtype: str = "auto",
+    batch_size: int = 8,
+    chunk: int = 16,
+    seed: int = 0,
+    generator: str | None = None,
+    progress: bool = True,
+) -> tuple[driver.DecodeRecord, dict]:
+    """Decodes every prompt of `prompts` and writes `output`; returns `(record, metrics)`.
+
+    `params`: one `SamplingParams`, or one per prompt. `proposal` decodes
+    alone in mode `proposal` (any HF directory: the demo's baselines pass the
+    small model here). Prompt i uses the key `split(key(seed), P)[i]`, so
+    outputs do not depend on `batch_size`. `template='chat'` renders the
+    tokenizer's own chat template; `add_bos` None starts prompts with a BOS as
+    the tokenizer does (`models.tokenizer.prompt_bos_id`). Decoding stops on
+    every model's EOS ids (`pair_eos_ids`).
+    """
+    each = [params] if isinstance(params, SamplingParams) else list(params)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    io.check_output_path(output, "--output")
+    templates.resolve(template)
+    instructions = read_prompts(prompts)
+    needed = max(mode.min_aligners, 1 if seq_sir else 0)
+    if len(aligners) < needed:
+        raise ValueError(f"mode {mode.name!r} needs --aligner; or use --mode=proposal.")
+    tok, tok_config = load_tokenizer(proposal, aligners, tokenizer, assume_same_tokenizer)
+    templates.check(template, tok_config.chat_template)
+    models = load_models(proposal, aligners, dtype, tok)
+    vocab = T.tokenizer_length(tok)
+    p_config = models.proposal[1]
+    q_configs = [config for _, config in models.aligners]
+    eos = T.pair_eos_ids(tok, p_config, q_configs, tok_config)
+    pad = tok.token_to_id(T.PAD_TOKEN)
+    pad = eos[0] if pad is None else pad
+    bos = T.prompt_bos_id(tok, tok_config, add_bos, template, p_config)
+    ids = templates.encode_prompts(
+        tok,
+        instructions,
+        template,
+        bos_id=bos,
+        chat_template=tok_config.chat_template,
+        special_tokens=tok_config.special_tokens,
+    )
+    most_new = max(p.max_new_tokens for p in each)
+    batching.check_prompts(ids, most_new, [c for c in models.configs if c], vocab)
+
+    bar = tqdm(total=len(ids), unit="prompt", desc=f"decode {mode.name}", disable=not progress)
+
+    def on_chunk(chunk: driver.Chunk) -> None:
+        if chunk.final:
+            bar.update(len(set(chunk.prompts[chunk.prompts >= 0].tolist())))
+
+    record = driver.generate(
+        models,
+        ids,
+        mode,
+        params,
+        key=jax.random.key(seed),
+        vocab_size=vocab,
+        eos_ids=eos,
+        pad_id=pad,
+        batch_size=batch_size,
+        chunk=chunk,
+        seq_sir=seq_sir,
+        tokenizer=tok,
+        on_chunk=on_chunk,
+    )
+    bar.close()
+    name = mode.name + (f"-seq_sir{seq_sir.num_candidates}" if seq_sir else "")
+    generator = generator or (
+        f"ram_jax-{name}-{_name(model_dir(proposal) or proposal)}"
+        + "".join(f"+{_name(model_dir(a) or a)}" for a in aligners)
+    )
+    io.write_json(
+        output,
+        [
+            {"instruction": i, "output": t, "generator": generator}
+            for i, t in zip(instructions, record.texts, strict=True)
+        ],
+    )
+    metrics = {
+        **record.metrics(),
+        "output": output,
+        "mode_fields": dataclasses.asdict(mode),
+        "seq_sir": seq_sir.num_candidates if seq_sir else 0,
+        "aligners": list(aligners),
+        "sampling": [dataclasses.asdict(p) for p in each]
+        if len(each) > 1
+        else dataclasses.asdict(each[0]),
+    }
+    io.write_json(output + ".metrics.json", metrics)
+    return record, metrics
