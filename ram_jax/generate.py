@@ -168,6 +168,15 @@ def settings_from_flags():
         fields["num_candidates"] = _CANDIDATES.value
     if fields:
         mode = get_mode(mode.name, **{**vars(mode), **fields})
+    for flag in (_BATCH, _CHUNK):
+        if flag.value < 1:
+            raise ValueError(f"--{flag.name}={flag.value} must be >= 1.")
+    needed = max(mode.min_aligners, 1 if _SEQ_SIR.value else 0)
+    if len(_ALIGNER.value) < needed:
+        raise ValueError(
+            f"--mode={mode.name} needs --aligner (a trained aligner directory); "
+            "or use --mode=proposal."
+        )
     if _WEIGHT.value and len(_WEIGHT.value) != len(_ALIGNER.value):
         raise ValueError(
             f"{len(_WEIGHT.value)} --aligner_weight for {len(_ALIGNER.value)} --aligner; "
