@@ -15,6 +15,9 @@ safetensors), or ram_jax training workdirs whose `export/` holds one; no
 `<output>.metrics.json` and to the last stdout line as one JSON object
 (ttft_seconds, tokens_per_second, aligner_branch_rate, ...). Timings exclude
 the first batch, which includes compilation, whenever there is more than one.
+Finished batches are kept in `<output>.partial`: a killed run continues where
+it stopped when rerun with the same input and flags (another job's partial
+file is refused; `--restart` discards it).
 This module only reads flags: `ram_jax.decoding.files.decode_file` does the work.
 """
 
@@ -102,6 +105,12 @@ _CHUNK = flags.DEFINE_integer(
     flag_values=FLAGS,
 )
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed.", flag_values=FLAGS)
+_RESTART = flags.DEFINE_bool(
+    "restart",
+    False,
+    "Discard OUTPUT.partial (another job's batches) and start over.",
+    flag_values=FLAGS,
+)
 _DTYPE = flags.DEFINE_enum(
     "dtype", "auto", list(DTYPES), "Parameter dtype (auto: the checkpoint's).", flag_values=FLAGS
 )
@@ -171,12 +180,6 @@ def settings_from_flags():
     for flag in (_BATCH, _CHUNK):
         if flag.value < 1:
             raise ValueError(f"--{flag.name}={flag.value} must be >= 1.")
-    needed = max(mode.min_aligners, 1 if _SEQ_SIR.value else 0)
-    if len(_ALIGNER.value) < needed:
-        raise ValueError(
-            f"--mode={mode.name} needs --aligner (a trained aligner directory); "
-            "or use --mode=proposal."
-        )
     if _WEIGHT.value and len(_WEIGHT.value) != len(_ALIGNER.value):
         raise ValueError(
             f"{len(_WEIGHT.value)} --aligner_weight for {len(_ALIGNER.value)} --aligner; "
@@ -190,6 +193,12 @@ def main(argv):
     if not _PROMPTS.value:
         raise app.UsageError("--prompts is required (a JSON or JSONL file).")
     mode, params, seq_sir = settings_from_flags()
+    needed = max(mode.min_aligners, 1 if seq_sir else 0)
+    if len(_ALIGNER.value) < needed:
+        raise ValueError(
+            f"--mode={mode.name} needs --aligner (a trained aligner directory); "
+            "or use --mode=proposal."
+        )
     _, metrics = files.decode_file(
         proposal=_PROPOSAL.value,
         aligners=_ALIGNER.value,
@@ -207,6 +216,7 @@ def main(argv):
         chunk=_CHUNK.value,
         seed=_SEED.value,
         generator=_GENERATOR.value,
+        restart=_RESTART.value,
     )
     print(
         f"decoded {metrics['num_prompts']} prompts ({metrics['generated_tokens']} tokens) with "

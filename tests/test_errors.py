@@ -167,6 +167,13 @@ CASES = [
     _generate(
         "generate: mode needs an aligner", ("--mode=product",), "--mode=product needs --aligner"
     ),
+    _generate(
+        "generate: leftover partial of another job",
+        ("--output={tmp}/g2.json", "--max_new_tokens=8"),
+        "g2.json.partial",
+        "no fingerprint header",
+        "--restart",
+    ),
     # python -m ram_jax.datasets.prepare
     _prepare("prepare: no output", (), "--output is required"),
     _prepare("prepare: no dataset", ("--output={tmp}/p.jsonl",), "--dataset is required"),
@@ -265,6 +272,7 @@ def paths(tmp_path_factory):
     (tmp / "empty.jsonl").write_text("")
     (tmp / "afile").write_text("x")
     (tmp / "s2.jsonl.partial").write_text('{"prompt": "left over", "sampling": "x"}\n')
+    (tmp / "g2.json.partial").write_text('{"instruction": "hi", "output": "x"}\n')
     proposal = tmp / "proposal"
     config = get_preset("tiny-llama", vocab_size=384, num_layers=1, max_position_embeddings=128)
     save_hf(init_params(config, jax.random.key(0)), config, str(proposal))

@@ -133,6 +133,54 @@ def test_cli_composes_aligners_and_equals_library_decode(dirs):
     assert any(lib.texts), "all outputs empty: the comparison would be vacuous"
 
 
+def test_killed_decode_resumes_to_the_output_of_one_run(dirs, tmp_path, monkeypatch):
+    """A decode killed after its first batch continues from OUTPUT.partial: the file,
+    texts and counts equal an uninterrupted run's; another job's partial is refused
+    (naming what changed) until `restart`."""
+    job = dict(
+        proposal=str(dirs / "proposal"),
+        aligners=[str(dirs / "run")],
+        prompts=str(dirs / "prompts.jsonl"),
+        mode=modes.get_mode("par_kl"),
+        params=S.SamplingParams(max_new_tokens=5, kl_threshold=0.5),
+        template="human_assistant",
+        batch_size=2,
+        seed=5,
+        progress=False,
+    )
+    whole_texts, whole = files.decode_file(output=str(tmp_path / "whole.json"), **job)
+    assert whole["resumed_prompts"] == 0 and any(whole_texts)
+    out = tmp_path / "out.json"
+    real, calls = driver.generate, []
+
+    def killed_after_one_batch(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "generate", killed_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        files.decode_file(output=str(out), **job)
+    monkeypatch.undo()
+    assert not out.exists() and os.path.exists(f"{out}.partial")
+    with pytest.raises(ValueError, match=r"seed: 5 -> 6.*--restart"):
+        files.decode_file(output=str(out), **{**job, "seed": 6})
+    texts, metrics = files.decode_file(output=str(out), **job)
+    assert metrics["resumed_prompts"] == 2 and texts == whole_texts
+    assert out.read_text() == (tmp_path / "whole.json").read_text()
+    assert not os.path.exists(f"{out}.partial")
+    for key in ("generated_tokens", "aligner_branch_rate", "aligner_branch_rate_first_token"):
+        assert metrics[key] == whole[key], key
+    # A partial file of another job gives way to `restart`.
+    monkeypatch.setattr(driver, "generate", killed_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        files.decode_file(output=str(out), **job)
+    monkeypatch.undo()
+    _, metrics = files.decode_file(output=str(out), **{**job, "seed": 6}, restart=True)
+    assert metrics["resumed_prompts"] == 0 and not os.path.exists(f"{out}.partial")
+
+
 def test_stop_strings_end_rows_and_metrics_count_only_kept_tokens(dirs):
     """A stop string ends its row at a chunk boundary: the row is the unstopped row cut
     at the token that completed the stop, and every count and rate (tokens, the

@@ -101,7 +101,7 @@ def generate(
     from ram_jax.decoding.resample import SeqSir
 
     mode = get_mode(SEQUENCE_RESAMPLED.get(decoding, decoding), **MODE_FIELDS.get(decoding, {}))
-    record, metrics = files.decode_file(
+    texts, metrics = files.decode_file(
         proposal=proposal,
         aligners=aligners,
         prompts=prompts_file,
@@ -113,9 +113,10 @@ def generate(
         batch_size=BATCH_SIZE,
         seed=seed,
         progress=False,
+        restart=True,  # a rerun retrains the models: a killed run's batches are stale
     )
     return Decoded(
-        outputs=record.texts,
+        outputs=texts,
         ttft_seconds=metrics["ttft_seconds"],
         tokens_per_second=metrics["tokens_per_second"],
         batch_seconds=metrics["batch_seconds"],

@@ -116,27 +116,44 @@ class DecodeRecord:
     batches: tuple[BatchTiming, ...]
 
     def metrics(self) -> dict:
-        """Counts, timings and aligner rates; timings skip the first (compiling) batch
-        when there are later ones."""
-        b = self.batches
-        warm = b[1:] if len(b) > 1 else b
-        steps = sum(x.steps for x in warm)
+        """Counts, timings and aligner rates (see `decode_metrics`)."""
         live = np.arange(self.tokens.shape[1])[None] < self.lengths[:, None]
-        return {
-            "mode": self.mode,
-            "num_prompts": len(self.lengths),
-            "batch_size": self.batch_size,
-            "generated_tokens": int(self.lengths.sum()),
-            "ttft_seconds": float(statistics.median(x.ttft_seconds for x in warm)),
-            "tokens_per_second": sum(x.tokens for x in warm) / sum(x.seconds for x in warm),
-            "step_seconds": sum(x.seconds - x.ttft_seconds for x in warm) / max(steps, 1),
-            "first_batch_seconds": b[0].seconds,
-            "batch_seconds": float(np.mean([x.seconds for x in warm])),
-            "wall_seconds": sum(x.seconds for x in b),
-            "timings_include_compile": len(b) == 1,
-            "aligner_branch_rate": float(self.aligner_branch[live].mean()) if live.any() else 0.0,
-            "aligner_branch_rate_first_token": float(self.aligner_branch[:, 0].mean()),
-        }
+        return decode_metrics(
+            self.mode,
+            self.batch_size,
+            self.lengths,
+            (self.aligner_branch & live).sum(1),
+            self.aligner_branch[:, 0],
+            self.batches,
+        )
+
+
+def decode_metrics(mode, batch_size, lengths, branch_tokens, branch_first, batches) -> dict:
+    """A decode's summary from per-prompt counts and per-batch timings.
+
+    lengths / branch_tokens: `[P]` kept tokens and those the aligner shaped;
+    branch_first: `[P]` whether it shaped the first token. Timings skip the
+    first (compiling) batch when there are later ones.
+    """
+    warm = batches[1:] if len(batches) > 1 else batches
+    steps = sum(x.steps for x in warm)
+    lengths = np.asarray(lengths)
+    total = int(lengths.sum())
+    return {
+        "mode": mode,
+        "num_prompts": len(lengths),
+        "batch_size": batch_size,
+        "generated_tokens": total,
+        "ttft_seconds": float(statistics.median(x.ttft_seconds for x in warm)),
+        "tokens_per_second": sum(x.tokens for x in warm) / sum(x.seconds for x in warm),
+        "step_seconds": sum(x.seconds - x.ttft_seconds for x in warm) / max(steps, 1),
+        "first_batch_seconds": batches[0].seconds,
+        "batch_seconds": float(np.mean([x.seconds for x in warm])),
+        "wall_seconds": sum(x.seconds for x in batches),
+        "timings_include_compile": len(batches) == 1,
+        "aligner_branch_rate": float(np.sum(branch_tokens)) / total if total else 0.0,
+        "aligner_branch_rate_first_token": float(np.mean(branch_first)) if len(lengths) else 0.0,
+    }
 
 
 def check_models(mode: Mode, models: Models, vocab_size: int, seq_sir: SeqSir | None) -> None:
@@ -195,6 +212,7 @@ def stream(
     pad_id: int = 0,
     batch_size: int | None = None,
     min_bucket: int = 16,
+    min_slots: int = 0,
     chunk: int = 16,
     seq_sir: SeqSir | None = None,
     tokenizer=None,
@@ -213,6 +231,10 @@ def stream(
         batch (default: all; the last batch is filled with copies of its
         first prompt, dropped afterwards). min_bucket: shortest prompt bucket
         (prompts are left padded to a power of two: one compile per bucket).
+      min_slots: shortest KV cache. A job that decodes its prompts in several
+        calls passes its whole set's `min_bucket` (longest prompt) and
+        `min_slots` (that plus the most new tokens), so every call has the
+        shapes, and so the outputs, of one call over all prompts.
       chunk: decode steps per device call between host checks.
       seq_sir: resample one of N candidates per prompt (`SeqSir`).
       tokenizer: needed for stop strings and texts.
@@ -239,7 +261,7 @@ def stream(
     width = (batch_size or len(prompts)) * n
     length = batching.bucket_length(max(len(p) for p in prompts), min_bucket)
     # A power of two too: requests of other lengths share the compiled decoder.
-    slots = batching.bucket_length(length + most_new)
+    slots = batching.bucket_length(max(length + most_new, int(min_slots)))
     static = dict(configs=models.configs, mode=mode, vocab_size=int(vocab_size), pad_id=int(pad_id))
     eos_ids = tuple(int(e) for e in eos_ids)
     out = _Rows(len(owner), most_new, len(models.aligners), models.proposal is not None, pad_id)

@@ -11,13 +11,15 @@ decodes through `driver.generate`, and writes AlpacaEval JSON (a list of
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
-from ram_jax import io
+from ram_jax import io, resumable
 from ram_jax.data import templates
 from ram_jax.decoding import batching, driver
 from ram_jax.decoding.modes import Mode
@@ -26,7 +28,9 @@ from ram_jax.decoding.sampling import SamplingParams
 from ram_jax.models import tokenizer as T
 from ram_jax.models.tokenizer_check import check_model_tokenizers
 from ram_jax.models.tokenizer_config import load_tokenizer_config
-from ram_jax.training.model import load_model, model_dir
+from ram_jax.training.model import load_config, load_model, model_dir
+
+_STATS = "ram_jax.decode_stats"  # per-prompt counts kept in OUTPUT.partial for the metrics
 
 
 def read_prompts(path: str) -> list[str]:
@@ -98,8 +102,9 @@ def decode_file(
     seed: int = 0,
     generator: str | None = None,
     progress: bool = True,
-) -> tuple[driver.DecodeRecord, dict]:
-    """Decodes every prompt of `prompts` and writes `output`; returns `(record, metrics)`.
+    restart: bool = False,
+) -> tuple[list[str], dict]:
+    """Decodes every prompt of `prompts` and writes `output`; returns `(texts, metrics)`.
 
     `params`: one `SamplingParams`, or one per prompt. `proposal` decodes
     alone in mode `proposal` (any HF directory: the demo's baselines pass the
@@ -108,6 +113,12 @@ def decode_file(
     tokenizer's own chat template; `add_bos` None starts prompts with a BOS as
     the tokenizer does (`models.tokenizer.prompt_bos_id`). Decoding stops on
     every model's EOS ids (`pair_eos_ids`).
+
+    Each finished batch is kept in `OUTPUT.partial` (`ram_jax.resumable`): a
+    rerun of the same job (input, models, settings, batch size, seed)
+    continues after the last whole batch with the same outputs as one
+    uninterrupted run; another job's partial file is refused unless
+    `restart`.
     """
     each = [params] if isinstance(params, SamplingParams) else list(params)
     if batch_size < 1:
@@ -115,15 +126,19 @@ def decode_file(
     io.check_output_path(output, "--output")
     templates.resolve(template)
     instructions = read_prompts(prompts)
+    if len(each) > 1 and len(each) != len(instructions):
+        raise ValueError(
+            f"{len(each)} SamplingParams for {len(instructions)} prompts in {prompts}."
+        )
     needed = max(mode.min_aligners, 1 if seq_sir else 0)
     if len(aligners) < needed:
         raise ValueError(f"mode {mode.name!r} needs --aligner; or use --mode=proposal.")
     tok, tok_config = load_tokenizer(proposal, aligners, tokenizer, assume_same_tokenizer)
     templates.check(template, tok_config.chat_template)
-    models = load_models(proposal, aligners, dtype, tok)
+    # Configs only: prompts and any partial output are checked before weights load.
+    p_config = load_config(proposal, "--proposal")
+    q_configs = [load_config(a, "--aligner") for a in aligners]
     vocab = T.tokenizer_length(tok)
-    p_config = models.proposal[1]
-    q_configs = [config for _, config in models.aligners]
     eos = T.pair_eos_ids(tok, p_config, q_configs, tok_config)
     pad = tok.token_to_id(T.PAD_TOKEN)
     pad = eos[0] if pad is None else pad
@@ -137,44 +152,98 @@ def decode_file(
         special_tokens=tok_config.special_tokens,
     )
     most_new = max(p.max_new_tokens for p in each)
-    batching.check_prompts(ids, most_new, [c for c in models.configs if c], vocab)
+    batching.check_prompts(ids, most_new, [p_config, *q_configs], vocab)
 
-    bar = tqdm(total=len(ids), unit="prompt", desc=f"decode {mode.name}", disable=not progress)
-
-    def on_chunk(chunk: driver.Chunk) -> None:
-        if chunk.final:
-            bar.update(len(set(chunk.prompts[chunk.prompts >= 0].tolist())))
-
-    record = driver.generate(
-        models,
-        ids,
-        mode,
-        params,
-        key=jax.random.key(seed),
-        vocab_size=vocab,
-        eos_ids=eos,
-        pad_id=pad,
-        batch_size=batch_size,
-        chunk=chunk,
-        seq_sir=seq_sir,
-        tokenizer=tok,
-        on_chunk=on_chunk,
-    )
-    bar.close()
     name = mode.name + (f"-seq_sir{seq_sir.num_candidates}" if seq_sir else "")
     generator = generator or (
         f"ram_jax-{name}-{_name(model_dir(proposal) or proposal)}"
         + "".join(f"+{_name(model_dir(a) or a)}" for a in aligners)
     )
-    io.write_json(
-        output,
-        [
-            {"instruction": i, "output": t, "generator": generator}
-            for i, t in zip(instructions, record.texts, strict=True)
-        ],
+    fingerprint = {
+        "input": resumable.content_hash(instructions),
+        "proposal": resumable.files_fingerprint(model_dir(proposal) or proposal),
+        "aligners": [resumable.files_fingerprint(model_dir(a) or a) for a in aligners],
+        "tokenizer": hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest(),
+        "settings": {
+            "mode": {"name": mode.name, **dataclasses.asdict(mode)},
+            "sampling": [dataclasses.asdict(p) for p in each],
+            "seq_sir": seq_sir.num_candidates if seq_sir else 0,
+            "prompt_ids": resumable.content_hash(ids),  # template, BOS and chat template
+            "dtype": dtype,
+            "batch_size": batch_size,
+            "seed": seed,
+            "generator": generator,
+        },
+    }
+    partial = resumable.PartialOutput(output, fingerprint, unit=batch_size, restart=restart)
+    models = load_models(proposal, aligners, dtype, tok) if partial.done < len(ids) else None
+    if partial.done:
+        print(f"resuming {output}: {partial.done} of {len(ids)} prompts already decoded")
+    per_prompt = each if len(each) > 1 else each * len(ids)
+    # Every batch has the shapes of one call over all prompts (see driver.stream).
+    length = batching.bucket_length(max(len(i) for i in ids))
+    slots = length + max(p.max_new_tokens for p in per_prompt)
+    prompt_keys = jax.random.split(jax.random.key(seed), len(ids))
+    bar = tqdm(
+        total=len(ids),
+        initial=partial.done,
+        unit="prompt",
+        desc=f"decode {name}",
+        disable=not progress,
     )
+    timings, resumed = [], partial.done
+    for first in range(partial.done, len(ids), batch_size):
+        last = min(first + batch_size, len(ids))
+        record = driver.generate(
+            models,
+            ids[first:last],
+            mode,
+            per_prompt[first:last],
+            prompt_keys=prompt_keys[first:last],
+            vocab_size=vocab,
+            eos_ids=eos,
+            pad_id=pad,
+            batch_size=batch_size,
+            min_bucket=length,
+            min_slots=slots,
+            chunk=chunk,
+            seq_sir=seq_sir,
+            tokenizer=tok,
+        )
+        live = np.arange(record.tokens.shape[1])[None] < record.lengths[:, None]
+        partial.append(
+            [
+                {
+                    "instruction": instructions[first + i],
+                    "output": record.texts[i],
+                    "generator": generator,
+                    _STATS: {
+                        "tokens": int(record.lengths[i]),
+                        "aligner_tokens": int((record.aligner_branch[i] & live[i]).sum()),
+                        "aligner_first": bool(record.aligner_branch[i, 0]),
+                    },
+                }
+                for i in range(last - first)
+            ]
+        )
+        timings += record.batches
+        bar.update(last - first)
+    bar.close()
+    rows = partial.records()
+    stats = [r.pop(_STATS) for r in rows]
+    if not timings:  # everything was decoded before: an earlier run's finish was cut short
+        timings = [driver.BatchTiming(0.0, 0.0, 0, 0)]
+    partial.finish(lambda _: io.write_json(output, rows))
     metrics = {
-        **record.metrics(),
+        **driver.decode_metrics(
+            mode.name,
+            batch_size,
+            [s["tokens"] for s in stats],
+            [s["aligner_tokens"] for s in stats],
+            [s["aligner_first"] for s in stats],
+            tuple(timings),
+        ),
+        "resumed_prompts": resumed,
         "output": output,
         "mode_fields": dataclasses.asdict(mode),
         "seq_sir": seq_sir.num_candidates if seq_sir else 0,
@@ -184,4 +253,4 @@ def decode_file(
         else dataclasses.asdict(each[0]),
     }
     io.write_json(output + ".metrics.json", metrics)
-    return record, metrics
+    return [r["output"] for r in rows], metrics

@@ -152,6 +152,25 @@ def model_dir(path: str) -> str | None:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def load_config(path: str, what: str = "model") -> ModelConfig:
+    """The `ModelConfig` of what `load_model(path)` loads, without reading weights."""
+    hf = model_dir(path)
+    if hf is not None:
+        return from_hf_config(hf)
+    try:
+        return ckpt.checkpoint_model_config(ckpt.source_step_dir(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(_not_a_model(path, what)) from None
+
+
+def _not_a_model(path: str, what: str) -> str:
+    return (
+        f"{what} {path}: neither an HF model directory (config.json), a workdir with "
+        "export/, nor a ram_jax checkpoint; pass an HF model directory (a training run "
+        "exports one to <workdir>/export)."
+    )
+
+
 def load_model(path: str, dtype: str = "auto", what: str = "model") -> tuple[ModelConfig, dict]:
     """(config, params) of a frozen model for decoding, stored and computed in `dtype`.
 
@@ -169,11 +188,7 @@ def load_model(path: str, dtype: str = "auto", what: str = "model") -> tuple[Mod
     try:
         step_dir = ckpt.source_step_dir(path)
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{what} {path}: neither an HF model directory (config.json), a workdir with "
-            "export/, nor a ram_jax checkpoint; pass an HF model directory (a training run "
-            "exports one to <workdir>/export)."
-        ) from None
+        raise FileNotFoundError(_not_a_model(path, what)) from None
     config = ckpt.checkpoint_model_config(step_dir)
     dtype = config.param_dtype if dtype == "auto" else dtype
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
