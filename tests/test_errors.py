@@ -167,6 +167,34 @@ CASES = [
     _generate(
         "generate: mode needs an aligner", ("--mode=product",), "--mode=product needs --aligner"
     ),
+    _generate("generate: output under a file", ("--output={file}/g.json",), "is a file"),
+    _generate("generate: prompts not UTF-8", ("--prompts={utf8}",), "bad_utf8.jsonl:2"),
+    _generate("generate: pretty JSON, error on line 4", ("--prompts={pretty}",), "pretty.json:4"),
+    _generate("generate: prompts empty", ("--prompts={empty}",), "empty.jsonl", "no records"),
+    _generate(
+        "generate: record without a prompt",
+        ("--prompts={rows_no_prompt}",),
+        "no_prompt.jsonl:1",
+        "'instruction' or 'prompt'",
+    ),
+    _generate("generate: proposal missing", ("--proposal={tmp}/nope",), "nope"),
+    _generate(
+        "generate: aligner missing",
+        ("--aligner={tmp}/nope_q", "--max_new_tokens=8"),
+        "nope_q",
+    ),
+    _generate("generate: top_p 0", ("--top_p=0",), "top_p=0", "(0, 1]"),
+    _generate("generate: negative temperature", ("--temperature=-1",), "temperature=-1"),
+    _generate(
+        "generate: weights without aligners", ("--aligner_weight=1",), "1 --aligner_weight for 0"
+    ),
+    _generate("generate: prompt longer than the context", (), "exceeds the model context"),
+    _generate("generate: unknown mode", ("--mode=bogus",), "--mode"),
+    _generate(
+        "generate: chat template missing",
+        ("--template=chat", "--max_new_tokens=8"),
+        "chat template",
+    ),
     _generate(
         "generate: leftover partial of another job",
         ("--output={tmp}/g2.json", "--max_new_tokens=8"),
@@ -295,6 +323,7 @@ def paths(tmp_path_factory):
         "empty": str(tmp / "empty.jsonl"),
         "proposal": str(proposal),
         "partial_out": str(tmp / "s2.jsonl"),
+        "rows_no_prompt": jsonl("no_prompt.jsonl", [{"text": "hi"}]),
     }
 
 
