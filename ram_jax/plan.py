@@ -93,7 +93,7 @@ def main(argv):
         report.report(
             f"train {config.model.preset} ({config.objective.name}, batch {config.batch_size}, "
             f"accum {config.grad_accum}, length {config.data.max_length}, remat "
-            f"{config.model.remat}, mesh {dict(mesh.shape)})",
+            f"{config.model.remat}, precision {config.precision}, mesh {dict(mesh.shape)})",
             m,
             device,
         )

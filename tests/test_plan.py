@@ -85,6 +85,23 @@ def test_activation_formula_by_hand():
         remat=True,
     )
     assert dpo["reference"] == dpo["params"] == dpo["gradients"]
+    # precision='reference' stores the parameters, their gradients, RMSprop's
+    # state and DPO's reference in bfloat16: half of each float32 figure.
+    bf16 = plan.train_memory(
+        cfg,
+        _rmsprop(),
+        FSDP8,
+        objective=Objective("dpo"),
+        batch_size=64,
+        grad_accum=1,
+        max_length=t,
+        remat=True,
+        param_dtype="bfloat16",
+    )
+    for key in ("params", "gradients", "reference"):
+        assert 2 * bf16[key] == dpo[key] > 0, key
+    assert abs(dpo["optimizer"] - 2 * bf16["optimizer"]) <= 16  # int32 step counts
+    assert bf16["activations"] == dpo["activations"]
     with pytest.raises(ValueError, match="does not split into 3 microbatches"):
         plan.train_memory(
             cfg,
@@ -144,4 +161,6 @@ def test_cli_plans_a_paper_config():
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr
-    assert "params                  0.6 GiB" in res.stdout and "-> fits" in res.stdout
+    # The paper configs train as the reference did: bfloat16 parameters (1.24B / 8 shards).
+    assert "precision reference" in res.stdout
+    assert "params                  0.3 GiB" in res.stdout and "-> fits" in res.stdout

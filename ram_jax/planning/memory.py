@@ -10,7 +10,8 @@ Parameters and optimizer state are exact: shapes from `jax.eval_shape`
 from the regex partition table (`ram_jax.sharding`) on an abstract mesh.
 Everything else is an estimate whose formula is stated here:
 
-  gradients    float32, sharded like the parameters; x2 when grad_accum > 1
+  gradients    in the parameters' dtype (float32 master weights, or bfloat16 under
+               precision='reference'), sharded like the parameters; x2 when grad_accum > 1
                (the scan carries the running sum next to the microbatch's gradient).
   gathered     FSDP gathers one stacked layer at a time inside the layer scan;
                2 layers' weights in the compute dtype (one in use, one prefetched).
@@ -34,7 +35,7 @@ Everything else is an estimate whose formula is stated here:
                  no remat:  tokens_dev * (L * A + 12 V)
                  remat:     tokens_dev * (L * s * D + A + 12 V)
                (per-layer remat keeps each layer's input and recomputes one layer).
-  reference    DPO's frozen reference: its float32 parameters, sharded the same way.
+  reference    DPO's frozen reference: parameters like the trained ones, sharded the same way.
   decoding     both models' weights in the decode dtype, sharded by the table, plus
                KV caches 2 * L * B * S * K * H * s per model, the batch split over
                (data, fsdp) when it divides.
@@ -143,9 +144,11 @@ def param_bytes(config: ModelConfig, mesh: AbstractMesh, dtype: str = "float32")
 
 
 @functools.lru_cache(maxsize=256)
-def optimizer_bytes(config: ModelConfig, optimizer, mesh: AbstractMesh) -> int:
-    """Per-device bytes of `optimizer.init` on float32 parameters (exact)."""
-    params = abstract_params(config.replace(param_dtype="float32"))
+def optimizer_bytes(
+    config: ModelConfig, optimizer, mesh: AbstractMesh, param_dtype: str = "float32"
+) -> int:
+    """Per-device bytes of `optimizer.init` on parameters stored in `param_dtype` (exact)."""
+    params = abstract_params(config.replace(param_dtype=param_dtype))
     state = jax.eval_shape(optimizer.init, params)
     return sharded_bytes(state, shd.state_shardings(state, mesh))
 
@@ -191,10 +194,13 @@ def train_memory(
     max_length: int,
     remat: bool,
     attention: str = "naive",
+    param_dtype: str = "float32",
 ) -> dict[str, int]:
     """Per-device bytes of one training stage (keys: params ... total).
 
     `attention`: the implementation the step runs (`training_attention(config, T, backend)`).
+    `param_dtype`: the trained parameters' storage (`optim.param_dtype_for(precision)`:
+    bfloat16 under `precision='reference'`, and so its gradients and optimizer state).
     """
     group = objective.group_size
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -204,10 +210,10 @@ def train_memory(
             "batch shards."
         )
     tokens = batch_size // (grad_accum * rows) * group * max_length
-    p = param_bytes(config, mesh)
+    p = param_bytes(config, mesh, param_dtype)
     out = {
         "params": p,
-        "optimizer": optimizer_bytes(config, optimizer, mesh),
+        "optimizer": optimizer_bytes(config, optimizer, mesh, param_dtype),
         "gradients": p * (2 if grad_accum > 1 else 1),
         "gathered": 2 * layer_weight_bytes(config, mesh),
         "activations": tokens * activation_bytes_per_token(config, max_length, remat, attention),

@@ -55,6 +55,7 @@ def plan_training(config, device: Device, mesh: AbstractMesh) -> dict[str, int]:
         max_length=config.data.max_length,
         remat=config.model.remat,
         attention=training_attention(model, config.data.max_length, device.backend),
+        param_dtype=optim.param_dtype_for(config.precision),
     )
 
 
