@@ -108,7 +108,9 @@ def slotted(models):
         for row, i in enumerate(owner):
             if i >= 0:
                 out[i] += [
-                    (t, p) for t, p, ok in zip(tokens[:, row], lp[:, row], live[:, row]) if ok
+                    (t, p)
+                    for t, p, ok in zip(tokens[:, row], lp[:, row], live[:, row], strict=True)
+                    if ok
                 ]
                 if done[row]:
                     owner[row] = -1
