@@ -230,9 +230,9 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="ram-decode", daemon=True)
         self._thread.start()
 
-    def shutdown(self, drain_seconds: float = 0.0) -> None:
+    def shutdown(self, drain_seconds: float = 0.0) -> int:
         """Stops taking requests; lets in-flight ones run up to `drain_seconds`, cancels the
-        rest (their clients get an error), and stops the thread."""
+        rest (their clients get an error), and stops the thread. Returns how many it cancelled."""
         with self._lock:
             self._accepting = False
         deadline = time.monotonic() + drain_seconds
@@ -243,9 +243,10 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
         failure = RuntimeError("the server shut down before this request finished.")
-        for h in [*self._owner, *self._queue]:
-            if h is not None and not h.cancelled:
-                h._put(failure)
+        left = [h for h in [*self._owner, *self._queue] if h is not None and not h.cancelled]
+        for h in left:
+            h._put(failure)
+        return len(left)
 
     # -- the decode thread ----------------------------------------------------------
 

@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import logging
 import re
+import signal
+import time
 from collections.abc import Mapping, Sequence
 
 from ram_jax.data import templates
@@ -121,16 +123,25 @@ def serve(server: Server, host: str = "127.0.0.1", port: int = 8000, drain_secon
 
     engine = server.engine
     logging.info("compiling the decoder (%d prompt buckets)...", len(engine.buckets()))
+    t0 = time.perf_counter()
     engine.start()
+    logging.info(
+        "compiled in %.1f s; serving on http://%s:%d", time.perf_counter() - t0, host, port
+    )
     app = server.app()
 
     @contextlib.asynccontextmanager
     async def lifespan(_):
         yield
         # uvicorn has waited for in-flight requests (up to drain_seconds): cancel the rest.
-        engine.shutdown(0.0)
+        cancelled = engine.shutdown(0.0)
+        logging.info("decode loop stopped; %d unfinished requests cancelled", cancelled)
 
     app.router.lifespan_context = lifespan
+    # uvicorn hands a signal it shut down for back to the handler before it; this one
+    # lets the process end with status 0 once the shutdown above is done.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _: logging.info("stopped on signal %d", signum))
     config = uvicorn.Config(
         app,
         host=host,
