@@ -57,6 +57,12 @@ _MAX_LENGTH = flags.DEFINE_integer(
     "Cache slots per request (default: the context, <= 2048).",
     flag_values=FLAGS,
 )
+_MAX_PROMPT = flags.DEFINE_integer(
+    "max_prompt_length",
+    None,
+    "Longest prompt in tokens (default: --max_length); one prefill compiled per power of two.",
+    flag_values=FLAGS,
+)
 _MAX_TOKENS = flags.DEFINE_integer(
     "max_tokens", 256, "New tokens when a request gives no max_tokens.", flag_values=FLAGS
 )
@@ -112,6 +118,7 @@ def main(argv):
         modes=modes,
         slots=_SLOTS.value,
         max_length=_MAX_LENGTH.value,
+        max_prompt_length=_MAX_PROMPT.value,
         chunk=_CHUNK.value,
         max_queue=_MAX_QUEUE.value,
         max_tokens=_MAX_TOKENS.value,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -36,7 +35,7 @@ from tests.hf_fixtures import random_params
 FIXTURE_TOKENIZER = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizer.json")
 P_CONFIG = get_preset("tiny-llama", vocab_size=384, eos_token_ids=(0,))
 Q_CONFIG = P_CONFIG.replace(hidden_size=32, intermediate_size=64, num_layers=1)
-SLOTS, MAX_LENGTH = 4, 64  # prompts fit the 32-token bucket: 3 buckets compiled
+SLOTS, MAX_LENGTH, MAX_PROMPT = 4, 256, 32  # prefills compiled: 16 and 32 tokens
 MODES = "proposal,product,weighted_product,par_kl"
 PROMPTS = ["Say hello.", "Two plus two?", "Name a colour.", "Hi"]
 
@@ -97,6 +96,7 @@ def server(dirs):
         f"--port={port}",
         f"--slots={SLOTS}",
         f"--max_length={MAX_LENGTH}",
+        f"--max_prompt_length={MAX_PROMPT}",
         "--chunk=4",
         "--max_queue=64",
         "--drain_seconds=20",
@@ -195,8 +195,13 @@ def _ids(record, i=0):
 
 
 def _metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    """A Prometheus sample (summed over labels unless `name` gives them)."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == name or ("{" not in name and key.startswith(name + "{")):
+            total += float(value)
+    return total
 
 
 def test_models_and_health(server, client):
@@ -336,7 +341,7 @@ def test_n_choices_equal_generate_on_repeated_prompt(server, client):
         ({"model": "style", "prompt": "x", "top_p": 0}, "top_p"),
         ({"model": "style", "prompt": "x", "max_tokens": -3}, "max_tokens"),
         ({"model": "style", "prompt": "x " * 200}, "prompt"),
-        ({"model": "style", "prompt": "x", "max_tokens": 500}, "max_tokens"),
+        ({"model": "style", "prompt": "x", "max_tokens": 250}, "max_tokens"),
         (
             {"model": "proposal", "prompt": "x", "ram": {"aligners": {"style": -1}}},
             "ram.aligners.style",
@@ -367,15 +372,12 @@ def test_malformed_json_gets_400_and_server_keeps_serving(server, client):
 
 
 def test_disconnect_mid_stream_frees_the_slot(server):
+    """The client hangs up after one event of a 200-token request: its slot is freed at
+    the next chunk, long before the request would have ended."""
     url = server[1]
-    body = {
-        "model": "style",
-        "prompt": "Hi",
-        "max_tokens": 40,
-        "stream": True,
-        "seed": 2,
-        "ram": {"proposal_top_p": 1.0},
-    }
+    tokens = _metric(url, "ram_completion_tokens_total")
+    body = {"model": "style", "prompt": "Hi", "max_tokens": 200, "stream": True, "seed": 2}
+    body["ram"] = {"proposal_top_p": 1.0}  # the whole vocabulary: EOS stays unlikely
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
         for line in r.iter_lines():
             if line.startswith("data: "):
@@ -388,6 +390,8 @@ def test_disconnect_mid_stream_frees_the_slot(server):
         time.sleep(0.05)
     assert health["busy"] == 0, health
     assert _metric(url, "ram_slots_busy") == 0
+    assert _metric(url, 'ram_requests_total{route="completions",status="disconnected"}') == 1
+    assert _metric(url, "ram_completion_tokens_total") - tokens < 200
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits(server):

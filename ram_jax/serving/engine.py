@@ -119,6 +119,7 @@ class Engine:
         pad_id: int,
         slots: int = 32,
         max_length: int = 512,
+        max_prompt_length: int | None = None,
         chunk: int = 8,
         max_queue: int = 256,
         min_bucket: int = 16,
@@ -135,6 +136,7 @@ class Engine:
         self.models, self.modes = models, modes
         self.vocab_size, self.pad_id = int(vocab_size), int(pad_id)
         self.slots, self.max_length, self.chunk = int(slots), int(max_length), int(chunk)
+        self.max_prompt_length = min(int(max_prompt_length or max_length), self.max_length)
         self.max_queue, self.min_bucket = int(max_queue), int(min_bucket)
         self.metrics = metrics or ServerMetrics(self.slots)
         self._static = dict(configs=models.configs, vocab_size=self.vocab_size)
@@ -157,15 +159,21 @@ class Engine:
     # -- the event loop's side --------------------------------------------------
 
     def buckets(self) -> list[int]:
-        """Prompt lengths compiled (powers of two from `min_bucket` to `max_length`)."""
+        """Prompt lengths compiled: powers of two from `min_bucket`, up to the one that holds
+        `max_prompt_length`."""
         out, b = [], batching.bucket_length(1, self.min_bucket)
-        while b <= self.max_length:
+        while not out or out[-1] < self.max_prompt_length:
             out.append(b)
             b *= 2
         return out
 
     def check_fits(self, prompt_len: int, max_new_tokens: int) -> str | None:
         """Why a prompt of this length with this many new tokens cannot run, or None."""
+        if prompt_len > self.max_prompt_length:
+            return (
+                f"the prompt has {prompt_len} tokens; this server takes at most "
+                f"{self.max_prompt_length} (--max_prompt_length). Shorten the prompt."
+            )
         bucket = batching.bucket_length(prompt_len, self.min_bucket)
         if bucket + max_new_tokens - 1 > self.max_length:
             room = self.max_length - bucket + 1

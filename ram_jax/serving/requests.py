@@ -156,7 +156,8 @@ class Resolver:
                 )
             problem = self.engine.check_fits(len(ids), params.max_new_tokens)
             if problem:
-                param = "max_tokens" if len(ids) < self.engine.max_length else "prompt"
+                fits = len(ids) <= self.engine.max_prompt_length
+                param = "max_tokens" if fits and len(ids) < self.engine.max_length else "prompt"
                 raise api.RequestError(f"{param}: {problem}", param)
         used = tuple(i for i, w in enumerate(weights) if w > 0)
         stop_ids = self._stop_ids(used, params.stop_token_ids)

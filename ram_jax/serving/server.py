@@ -67,6 +67,7 @@ def build(
     modes: Sequence[str] = ALL_MODES,
     slots: int = 32,
     max_length: int | None = None,
+    max_prompt_length: int | None = None,
     chunk: int = 8,
     max_queue: int = 256,
     max_tokens: int = 256,
@@ -79,7 +80,8 @@ def build(
     requests are rendered ('chat': the checkpoint's own chat template; or a
     `ram_jax.data.templates` name / string, which takes one user message).
     `max_length`: cache slots per request (prompt bucket + new tokens; default
-    the models' context, at most 2048).
+    the models' context, at most 2048); `max_prompt_length`: the longest prompt
+    (default `max_length`); one prefill program is compiled per power of two up to it.
     """
     check_names(proposal_name, aligners, modes)
     templates.resolve(template)
@@ -102,6 +104,7 @@ def build(
         pad_id=eos[0] if pad is None else pad,
         slots=slots,
         max_length=max_length,
+        max_prompt_length=max_prompt_length,
         chunk=chunk,
         max_queue=max_queue,
     )
