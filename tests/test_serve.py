@@ -30,6 +30,8 @@ from ram_jax.models import convert
 from ram_jax.models import tokenizer as T
 from ram_jax.models.config import get_preset
 from ram_jax.models.transformer import abstract_params
+from ram_jax.serving import protocol
+from ram_jax.serving import server as server_lib
 from tests.hf_fixtures import random_params
 
 FIXTURE_TOKENIZER = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizer.json")
@@ -217,16 +219,9 @@ def test_completion_equals_generate(server, client):
     want = server[2]["one"]
     # The completions route takes raw text: the human_assistant template by hand.
     text = templates.render("human_assistant", PROMPTS[1])
-    got = client.completions.create(
-        model="style",
-        prompt=text,
-        max_tokens=12,
-        temperature=0.9,
-        top_p=0.95,
-        seed=7,
-        logprobs=0,
-        extra_body=extra,
-    )
+    common = dict(model="style", max_tokens=12, temperature=0.9, top_p=0.95, seed=7)
+    common["extra_body"] = extra
+    got = client.completions.create(prompt=text, logprobs=0, **common)
     choice = got.choices[0]
     assert choice.ram["token_ids"] == _ids(want)
     assert choice.text == want.texts[0] and choice.finish_reason == want.finish_reasons[0]
@@ -237,39 +232,13 @@ def test_completion_equals_generate(server, client):
         want.logprobs_q[0, 0, : want.lengths[0]].tolist(), abs=1e-5
     )
     assert got.usage.completion_tokens == want.lengths[0]
-    stream = client.completions.create(
-        model="style",
-        prompt=text,
-        max_tokens=12,
-        temperature=0.9,
-        top_p=0.95,
-        seed=7,
-        stream=True,
-        extra_body=extra,
-    )
+    stream = client.completions.create(prompt=text, stream=True, **common)
     assert "".join(c.choices[0].text for c in stream) == want.texts[0]
     # Chat: the server renders one user message with its --template (human_assistant).
     messages = [{"role": "user", "content": PROMPTS[1]}]
-    chat = client.chat.completions.create(
-        model="style",
-        messages=messages,
-        max_tokens=12,
-        temperature=0.9,
-        top_p=0.95,
-        seed=7,
-        extra_body=extra,
-    )
+    chat = client.chat.completions.create(messages=messages, **common)
     assert chat.choices[0].message.content == want.texts[0]
-    stream = client.chat.completions.create(
-        model="style",
-        messages=messages,
-        max_tokens=12,
-        temperature=0.9,
-        top_p=0.95,
-        seed=7,
-        stream=True,
-        extra_body=extra,
-    )
+    stream = client.chat.completions.create(messages=messages, stream=True, **common)
     assert "".join(c.choices[0].delta.content or "" for c in stream) == want.texts[0]
 
 
@@ -369,6 +338,32 @@ def test_malformed_json_gets_400_and_server_keeps_serving(server, client):
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
     out = client.completions.create(model="proposal", prompt="Hi", max_tokens=3, seed=1)
     assert out.usage.completion_tokens >= 1
+
+
+def test_full_queue_answers_429(dirs):
+    """Past --max_queue waiting requests the server refuses at once (429), in process: an
+    engine whose decode thread is not started keeps its queue full."""
+    built = server_lib.build(
+        proposal=str(dirs / "proposal"),
+        aligners={"style": str(dirs / "style")},
+        template="human_assistant",
+        modes=("proposal", "product"),
+        slots=1,
+        max_length=64,
+        max_queue=2,
+    )
+    body = {"model": "style", "prompt": "Hi", "max_tokens": 4}
+
+    async def run():
+        jobs = built.resolver.completion(protocol.CompletionRequest.model_validate(body))
+        built.engine.submit(jobs + jobs)  # the queue's bound
+        transport = httpx.ASGITransport(app=built.app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://x") as http:
+            return await http.post("/v1/completions", json=body)
+
+    r = asyncio.run(run())
+    assert r.status_code == 429 and "retry later" in r.json()["error"]["message"], r.text
+    assert built.engine.queued() == 2
 
 
 def test_disconnect_mid_stream_frees_the_slot(server):
