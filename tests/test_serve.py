@@ -45,7 +45,7 @@ PROMPTS = ["Say hello.", "Two plus two?", "Name a colour.", "Hi"]
 PARAMS = S.SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=12)
 # (model, ram extension, generate's mode, aligners and params) of the concurrent mix.
 MIX = [
-    ("proposal", {}, "proposal", (), PARAMS),
+    ("proposal", {}, "proposal", (), PARAMS.replace(stop=("e",))),
     ("cite", {}, "product", ("cite",), PARAMS),
     (
         "style",
@@ -196,6 +196,9 @@ def _ids(record, i=0):
     return record.tokens[i, : record.lengths[i]].tolist()
 
 
+OK = 'ram_requests_total{route="completions",status="ok"}'
+
+
 def _metric(url: str, name: str) -> float:
     """A Prometheus sample (summed over labels unless `name` gives them)."""
     total = 0.0
@@ -248,6 +251,7 @@ def test_concurrent_mixed_requests_are_each_deterministic(server):
     url, refs = server[1], server[2]
     compiled = _metric(url, "ram_xla_compilations_total")
     assert compiled > 0  # the warm-up's, counted by the same listener
+    ok, ttft = _metric(url, OK), _metric(url, "ram_time_to_first_token_seconds_count")
 
     async def run():
         http = httpx.AsyncClient(base_url=url, timeout=120)
@@ -263,7 +267,9 @@ def test_concurrent_mixed_requests_are_each_deterministic(server):
             while not queue.empty():
                 i, m, prompt, seed = queue.get_nowait()
                 model, ram, *_ = MIX[m]
+                stop = list(MIX[m][4].stop) or None
                 out = await async_client.completions.create(
+                    stop=stop,
                     model=model,
                     prompt=templates.render("human_assistant", prompt),
                     max_tokens=12,
@@ -285,6 +291,10 @@ def test_concurrent_mixed_requests_are_each_deterministic(server):
     for i in range(64):
         assert results[i] == refs[i], f"request {i} ({MIX[JOBS[i][1]][2]})"
     assert len({tuple(r) for r in results.values()}) == 64
+    assert any(len(refs[i]) < 12 for i, m, *_ in JOBS if m == 0), "no stop string was hit"
+    assert _metric(url, OK) == ok + 64
+    assert _metric(url, "ram_time_to_first_token_seconds_count") == ttft + 64
+    assert _metric(url, "ram_inter_token_latency_seconds_count") > 0
 
 
 def test_n_choices_equal_generate_on_repeated_prompt(server, client):
