@@ -376,6 +376,23 @@ def test_full_queue_answers_429(dirs):
     assert built.engine.queued() == 2
 
 
+def test_proposal_only_server_and_bad_settings_rejected_before_compiling(dirs):
+    built = server_lib.build(
+        proposal=str(dirs / "proposal"), aligners={}, template="raw", max_length=64
+    )
+    assert [m.name for m in built.engine.modes.modes] == ["proposal"]
+    # No max_tokens: --max_tokens (256), at most what the cache leaves (64 - 16 + 1).
+    req = protocol.CompletionRequest.model_validate({"model": "proposal", "prompt": "Hi"})
+    req.max_tokens = None
+    assert built.resolver.completion(req)[0].params.max_new_tokens == 49
+    with pytest.raises(ValueError, match="need an aligner"):
+        server_lib.build(proposal=str(dirs / "proposal"), aligners={}, modes=("product",))
+    with pytest.raises(ValueError, match="no chat template"):
+        server_lib.build(proposal=str(dirs / "proposal"), aligners={})
+    with pytest.raises(ValueError, match="use letters"):
+        server_lib.check_names("proposal", {"a b": "x"}, ("product",))
+
+
 def test_disconnect_mid_stream_frees_the_slot(server):
     """The client hangs up after one event of a 200-token request: its slot is freed at
     the next chunk, long before the request would have ended."""

@@ -136,7 +136,14 @@ class Engine:
         self.models, self.modes = models, modes
         self.vocab_size, self.pad_id = int(vocab_size), int(pad_id)
         self.slots, self.max_length, self.chunk = int(slots), int(max_length), int(chunk)
-        self.max_prompt_length = min(int(max_prompt_length or max_length), self.max_length)
+        if max_length <= min_bucket:
+            raise ValueError(
+                f"max_length={max_length} must exceed the shortest bucket, {min_bucket}."
+            )
+        largest = batching.bucket_length(1, min_bucket)  # the longest bucket the cache holds
+        while largest * 2 <= max_length:
+            largest *= 2
+        self.max_prompt_length = min(int(max_prompt_length or max_length), largest)
         self.max_queue, self.min_bucket = int(max_queue), int(min_bucket)
         self.metrics = metrics or ServerMetrics(self.slots)
         self._static = dict(configs=models.configs, vocab_size=self.vocab_size)
@@ -167,6 +174,10 @@ class Engine:
             b *= 2
         return out
 
+    def room(self, prompt_len: int) -> int:
+        """The most new tokens the cache holds after a prompt of this length."""
+        return self.max_length - batching.bucket_length(prompt_len, self.min_bucket) + 1
+
     def check_fits(self, prompt_len: int, max_new_tokens: int) -> str | None:
         """Why a prompt of this length with this many new tokens cannot run, or None."""
         if prompt_len > self.max_prompt_length:
@@ -175,8 +186,8 @@ class Engine:
                 f"{self.max_prompt_length} (--max_prompt_length). Shorten the prompt."
             )
         bucket = batching.bucket_length(prompt_len, self.min_bucket)
-        if bucket + max_new_tokens - 1 > self.max_length:
-            room = self.max_length - bucket + 1
+        if max_new_tokens > self.room(prompt_len):
+            room = self.room(prompt_len)
             return (
                 f"the prompt has {prompt_len} tokens (padded to {bucket}); with max_tokens="
                 f"{max_new_tokens} it exceeds this server's {self.max_length} cache slots. "

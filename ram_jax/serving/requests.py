@@ -143,6 +143,10 @@ class Resolver:
 
     def _jobs(self, req, prompt_ids: list[list[int]], max_tokens: int | None) -> list[Job]:
         weights, mode_index = self._alignment(req)
+        if max_tokens is None:
+            # Unasked, a request may fill what the cache leaves its longest prompt.
+            room = min(self.engine.room(len(ids)) for ids in prompt_ids)
+            max_tokens = max(1, min(self.default_max_tokens, room))
         params = self._params(req, max_tokens, weights)
         vocab = self.engine.vocab_size
         for i, ids in enumerate(prompt_ids):
@@ -250,7 +254,7 @@ class Resolver:
             return SamplingParams(
                 temperature=req.temperature,
                 top_p=req.top_p,
-                max_new_tokens=int(max_tokens or self.default_max_tokens),
+                max_new_tokens=int(max_tokens),
                 stop=tuple(req.stop_strings()),
                 aligner_weights=weights or None,
                 **extra,

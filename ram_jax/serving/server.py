@@ -58,6 +58,17 @@ def check_names(proposal_name: str, aligners: Mapping[str, str], modes: Sequence
         raise ValueError("no modes to serve; pass at least one (e.g. --modes=product).")
 
 
+def _runnable(modes: Sequence[str], num_aligners: int, explicit: bool) -> tuple[str, ...]:
+    """The modes these models can run (every default one; an explicit one or an error)."""
+    needs = {m: get_mode(m).min_aligners for m in modes}
+    missing = [m for m, n in needs.items() if n > num_aligners]
+    if missing and explicit:
+        raise ValueError(
+            f"--modes {missing} need an aligner; pass --aligner=NAME=DIR or leave them out."
+        )
+    return tuple(m for m in modes if m not in missing)
+
+
 def build(
     *,
     proposal: str,
@@ -84,6 +95,7 @@ def build(
     (default `max_length`); one prefill program is compiled per power of two up to it.
     """
     check_names(proposal_name, aligners, modes)
+    modes = _runnable(modes, len(aligners), explicit=tuple(modes) != ALL_MODES)
     templates.resolve(template)
     tok, tc = files.load_tokenizer(proposal, list(aligners.values()), None, assume_same_tokenizer)
     if templates.resolve(template) == templates.CHAT and not tc.chat_template:
