@@ -11,7 +11,7 @@ import torch
 import transformers
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from ram_jax.models.cache import init_cache
+from ram_jax.models.cache import init_cache, put_row
 from ram_jax.models.config import from_hf_dict, get_preset
 from ram_jax.models.rope import inverse_frequencies
 from ram_jax.models.transformer import (
@@ -65,6 +65,47 @@ def test_cached_decoding_equals_full_forward(model):
     cached = _cached_logits(params, config, tokens, mask)
     assert np.abs(np.asarray(full)[mask]).max() > 1.0  # logits of a non-trivial size
     assert hf.max_real_diff(cached, full, mask) <= 1e-5
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_per_row_cache_steps_equal_full_forward(per_layer):
+    """Two rows at different positions: each prefilled alone (left padded), put into a
+    per-row cache, then stepped; a row without a real token stays put."""
+    config = get_preset("tiny-llama")
+    params = hf.random_params(abstract_params(config), 3)
+    params = unstack_layers(params) if per_layer else params
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(2, 200, 14).astype(np.int32), rng.integers(2, 200, 9).astype(np.int32)]
+    prompt, pad = (6, 3), 8
+    cache = init_cache(config, 2, 32, per_row=True, per_layer=per_layer)
+    for row, (seq, n) in enumerate(zip(seqs, prompt, strict=True)):
+        one = init_cache(config, 1, 32, per_layer=per_layer)
+        tokens, mask = np.zeros((1, pad), np.int32), np.arange(pad)[None] >= pad - n
+        tokens[0, pad - n :] = seq[:n]
+        _, one = _forward(params, tokens, config, mask_BxT=mask, cache=one)
+        cache = put_row(cache, one, row)
+    np.testing.assert_array_equal(cache.index, [pad, pad])
+    np.testing.assert_array_equal(cache.lengths(), prompt)
+    steps = [[], []]
+    for t in range(max(len(s) - n for s, n in zip(seqs, prompt, strict=True))):
+        feed = [t + n < len(s) for s, n in zip(seqs, prompt, strict=True)]
+        tok = np.asarray([s[min(t + n, len(s) - 1)] for s, n in zip(seqs, prompt, strict=True)])
+        out, cache = _forward(
+            params, tok[:, None], config, mask_BxT=np.asarray(feed)[:, None], cache=cache
+        )
+        for row in range(2):
+            if feed[row]:
+                steps[row].append(np.asarray(out[row, 0]))
+    np.testing.assert_array_equal(
+        cache.index, [pad + len(s) - n for s, n in zip(seqs, prompt, strict=True)]
+    )
+    tokens, mask = hf.left_padded_batch(config.vocab_size, (14, 9), seed=0)
+    for row, seq in enumerate(seqs):
+        tokens[row, 14 - len(seq) :] = seq
+    full, _ = _forward(params, tokens, config, mask_BxT=mask)
+    for row, (seq, n) in enumerate(zip(seqs, prompt, strict=True)):
+        want = np.asarray(full[row, 14 - len(seq) + n :])
+        np.testing.assert_allclose(np.stack(steps[row]), want, atol=1e-5)
 
 
 def test_unrolled_layers_equal_layer_scan(model):

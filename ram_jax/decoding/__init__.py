@@ -5,6 +5,7 @@ sampling    `SamplingParams` (one request's settings), `RowSettings` (their per-
 processors  pure `jnp` logit processors with per-row settings (token rules)
 modes       the RAM modes as small registered rule objects (`Mode`, `MODES`)
 compose     `weighted_product`: several aligners, `P prod_i Q_i^w_i` (one mode class)
+dispatch    `PerRow`: a table of modes, each row drawing with its own (one batch, many modes)
 decoder     the jitted core: prefill + first token, then chunks of steps
 driver      the host entry point: prompts in, a `DecodeRecord` out, chunks streamed
 resample    `seq_sir`: one of N candidates per prompt, resampled by Q(y|x)

@@ -11,7 +11,9 @@ emitted, the PRNG key and the `RowSettings`. The token of row b at its own
 step i uses `fold_in(row_key[b], i)`, so a row's tokens depend only on its
 prompt, key and settings: never on its batch neighbours, the batch size or
 the chunking. Nothing in the carry is shared across rows except the caches'
-write index (all rows of a batch advance together).
+write index (all rows of a batch advance together), unless the caches
+have per-row positions: then `empty` and `insert` run a fixed set of slots
+that requests join and leave while the others decode (a server's batch).
 
 Both functions are jitted on the static structure only (model configs, mode,
 vocabulary, cache slots, chunk), so any mix of per-row settings runs on one
@@ -29,8 +31,8 @@ import jax.numpy as jnp
 
 from ram_jax.decoding import processors as P
 from ram_jax.decoding.modes import Logits, Mode
-from ram_jax.decoding.sampling import RowSettings
-from ram_jax.models.cache import KVCache, init_cache
+from ram_jax.decoding.sampling import RowSettings, SamplingParams
+from ram_jax.models.cache import KVCache, init_cache, put_row
 from ram_jax.models.transformer import forward, has_unrolled_layers, unstack_layers
 
 
@@ -114,8 +116,10 @@ def emit(state: DecodeState, mode: Mode, pad_id: int):
     keys_B = jax.vmap(jax.random.fold_in)(state.row_keys_B, state.steps_B)
     p_BxV, qs_BxV = state.logits[0], tuple(state.logits[1:])
     x = Logits(p_BxV=p_BxV, qs_BxV=qs_BxV, seen_BxV=state.seen_BxV)
-    tokens_B, shaped_B = mode.draw(keys_B, x, state.rows)
     done_B = state.done_B
+    # Done rows choose no entry of a per-row mode table, so none is computed for them.
+    rows = dataclasses.replace(state.rows, mode_B=jnp.where(done_B, -1, state.rows.mode_B))
+    tokens_B, shaped_B = mode.draw(keys_B, x, rows)
     tokens_B = jnp.where(done_B, pad_id, tokens_B)
     logprob = lambda logits: jnp.where(done_B, 0.0, P.token_logprobs(logits, tokens_B))
     steps_B = state.steps_B + (~done_B).astype(jnp.int32)
@@ -135,14 +139,28 @@ def emit(state: DecodeState, mode: Mode, pad_id: int):
     return state, outputs
 
 
+def _fed(state: DecodeState) -> jax.Array:
+    """Rows holding an emitted token not yet fed to the models."""
+    return ~state.done_B & (state.steps_B > 0)
+
+
 def feed(state: DecodeState, params, *, configs, vocab_size) -> DecodeState:
-    """Feeds the last tokens through every model (one cached step)."""
+    """Feeds the last tokens through every model (one cached step).
+
+    Only rows with a token to feed are written (`_fed`); with per-row cache
+    positions the others keep their position and their logits, so a row just
+    inserted into a running batch (`insert`) keeps its prefill logits.
+    """
     tokens_Bx1 = state.last_B[:, None]
+    fed_Bx1 = _fed(state)[:, None]
     caches, logits = list(state.caches), list(state.logits)
     for i, (model_params, config) in enumerate(zip(params, configs, strict=True)):
         if model_params is not None:
-            out, caches[i] = forward(model_params, tokens_Bx1, config, cache=caches[i])
-            logits[i] = _slice(out, vocab_size)
+            out, caches[i] = forward(
+                model_params, tokens_Bx1, config, mask_BxT=fed_Bx1, cache=caches[i]
+            )
+            new = _slice(out, vocab_size)
+            logits[i] = jnp.where(fed_Bx1, new, logits[i]) if caches[i].per_row else new
     return dataclasses.replace(state, caches=tuple(caches), logits=tuple(logits))
 
 
@@ -202,10 +220,86 @@ def advance(state, params, halt_B, limit, *, configs, mode, vocab_size, pad_id, 
     def body(carry):
         i, state, bufs = carry
         # Rows that have emitted a token not yet fed: feed it (all rows step together).
-        state = jax.lax.cond(jnp.any(state.steps_B > 0), step, lambda s: s, state)
+        state = jax.lax.cond(jnp.any(_fed(state)), step, lambda s: s, state)
         state, out = emit(state, mode, pad_id)
         bufs = jax.tree.map(lambda buf, x: buf.at[i].set(x), bufs, out)
         return i + 1, state, bufs
 
     steps, state, bufs = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state, bufs))
     return state, bufs, steps
+
+
+def empty(params, *, configs, vocab_size, batch, slots, num_aligners, stop_width):
+    """A state of `batch` free (done) rows whose caches have per-row positions.
+
+    `insert` puts a request into a row; `advance` decodes the rows that hold one.
+    Not jitted: called once per server.
+    """
+    caches = tuple(
+        None
+        if p is None
+        else init_cache(c, batch, slots, per_layer=has_unrolled_layers(p), per_row=True)
+        for p, c in zip(params, configs, strict=True)
+    )
+    logits = tuple(None if p is None else jnp.zeros((batch, vocab_size)) for p in params)
+    rows = jax.tree.map(
+        lambda x: jnp.repeat(jnp.asarray(x)[None], batch, axis=0),
+        _one_row(num_aligners, stop_width),
+    )
+    return DecodeState(
+        caches=caches,
+        logits=logits,
+        seen_BxV=jnp.zeros((batch, vocab_size), bool),
+        last_B=jnp.zeros((batch,), jnp.int32),
+        done_B=jnp.ones((batch,), bool),
+        steps_B=jnp.zeros((batch,), jnp.int32),
+        row_keys_B=jax.random.split(jax.random.key(0), batch),
+        rows=rows,
+    )
+
+
+def _one_row(num_aligners, stop_width) -> RowSettings:
+    one = RowSettings.stack([SamplingParams()], num_aligners, stop_width=stop_width)
+    return jax.tree.map(lambda x: x[0], one)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("slots",), donate_argnames=("state",))
+def insert(
+    state, params, tokens_1xT, mask_1xT, row_keys_1, rows_1, at, *, configs, vocab_size, slots
+):
+    """Prefills one request (batch 1) and writes it into row `at` of a running state.
+
+    The row's caches, logits, seen ids, key, settings and counters are all
+    replaced, so nothing of the row's previous request remains; the next
+    `advance` draws its first token from these prefill logits, exactly as
+    after `start`. `slots` must be the state's cache slots. One compile per
+    prompt length (bucket); `at` and everything else are arguments.
+    """
+    new = prefill(
+        params,
+        tokens_1xT,
+        mask_1xT,
+        row_keys_1,
+        rows_1,
+        configs=configs,
+        vocab_size=vocab_size,
+        slots=slots,
+    )
+    put = lambda big, small: big.at[at].set(small[0])
+    caches = tuple(
+        None if c is None else put_row(c, n, at)
+        for c, n in zip(state.caches, new.caches, strict=True)
+    )
+    logits = tuple(
+        None if x is None else put(x, y) for x, y in zip(state.logits, new.logits, strict=True)
+    )
+    return DecodeState(
+        caches=caches,
+        logits=logits,
+        seen_BxV=put(state.seen_BxV, new.seen_BxV),
+        last_B=put(state.last_B, new.last_B),
+        done_B=put(state.done_B, new.done_B),
+        steps_B=put(state.steps_B, new.steps_B),
+        row_keys_B=put(state.row_keys_B, new.row_keys_B),
+        rows=jax.tree.map(put, state.rows, new.rows),
+    )

@@ -133,7 +133,8 @@ class RowSettings:
 
     They live in the decoder's carry, so a slot of a running batch can take a
     new request's settings without recompiling. `stop_ids_BxE` holds each
-    row's EOS and stop ids, padded with -1.
+    row's EOS and stop ids, padded with -1; `mode_B` each row's entry in a
+    per-row mode table (`ram_jax.decoding.dispatch`; other modes ignore it).
     """
 
     temperature_B: jax.Array
@@ -149,15 +150,33 @@ class RowSettings:
     aligner_weights_BxA: jax.Array
     max_new_tokens_B: jax.Array
     stop_ids_BxE: jax.Array
+    mode_B: jax.Array
 
     @staticmethod
     def stack(
-        params: Sequence[SamplingParams], num_aligners: int, eos_ids: Sequence[int] = ()
+        params: Sequence[SamplingParams],
+        num_aligners: int,
+        eos_ids: Sequence[int] = (),
+        *,
+        modes: Sequence[int] | None = None,
+        stop_width: int | None = None,
     ) -> RowSettings:
-        """Per-row arrays of `params` (one per row); every row also stops on `eos_ids`."""
+        """Per-row arrays of `params` (one per row); every row also stops on `eos_ids`.
+
+        `modes`: each row's index into a per-row mode table (`decoding.dispatch`;
+        default 0). `stop_width`: the E of `stop_ids_BxE` (default: the next power
+        of two that holds every row's ids), fixed where rows join a running batch.
+        """
         stops = [tuple(dict.fromkeys([*eos_ids, *p.stop_token_ids])) for p in params]
         # Powers of two: a request with one more stop id rarely changes the shape.
         width = 1 << max(2, math.ceil(math.log2(max(1, *map(len, stops)))))
+        if stop_width is not None:
+            if max(map(len, stops)) > stop_width:
+                raise ValueError(
+                    f"{max(map(len, stops))} stop ids (EOS included) exceed the {stop_width} "
+                    "this batch holds per row; send fewer stop_token_ids."
+                )
+            width = int(stop_width)
         stop_ids = np.full((len(params), width), -1, np.int32)
         for i, ids in enumerate(stops):
             stop_ids[i, : len(ids)] = ids
@@ -177,6 +196,9 @@ class RowSettings:
             aligner_weights_BxA=np.asarray(weights, np.float32).reshape(len(params), -1),
             max_new_tokens_B=col("max_new_tokens", np.int32),
             stop_ids_BxE=stop_ids,
+            mode_B=np.zeros(len(params), np.int32)
+            if modes is None
+            else np.asarray(modes, np.int32),
         )
 
     def is_stop(self, tokens_B: jax.Array) -> jax.Array:

@@ -25,7 +25,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ram_jax.models import attention as attn
-from ram_jax.models.cache import KVCache, positions_from_mask, write_layer
+from ram_jax.models.cache import (
+    KVCache,
+    next_index,
+    positions_from_mask,
+    query_slots,
+    write_layer,
+    write_valid,
+)
 from ram_jax.models.config import ModelConfig
 from ram_jax.models.quantize import Int8Embed, Int8Linear, is_quantized
 from ram_jax.models.rope import apply_rope, inverse_frequencies
@@ -275,6 +282,8 @@ def forward(
     scoring). With a cache the block is written at slots
     `[cache.index, cache.index + T)` and attends to everything valid before it:
     a prompt prefill when the cache is empty, one decode step when T == 1.
+    With a per-row index (`init_cache(..., per_row=True)`) each row writes at
+    its own index, and a row whose mask holds no real token is not advanced.
 
     Args:
       params: parameters from `init_params` or `ram_jax.models.convert.load_hf`, or
@@ -309,10 +318,10 @@ def forward(
     else:
         if positions_BxT is None:
             positions_BxT = positions_from_mask(mask_BxT, cache.lengths())
-        valid_BxS = jax.lax.dynamic_update_slice(cache.valid_BxS, mask_BxT, (0, cache.index))
+        valid_BxS = write_valid(cache, mask_BxT)
         slots_S = jnp.arange(cache.max_length)
-        query_slots_T = cache.index + jnp.arange(t)
-        attn_mask = valid_BxS[:, None, :] & (slots_S[None, :] <= query_slots_T[:, None])[None]
+        query_slots_BxT = query_slots(cache, t)
+        attn_mask = valid_BxS[:, None, :] & (slots_S[None, None, :] <= query_slots_BxT[:, :, None])
         kv = (cache.k_LxBxKxHxS, cache.v_LxBxKxSxH, cache.index)
     int8 = is_quantized(params)
     layer_states = None
@@ -337,5 +346,5 @@ def forward(
         attention=attention,
     )
     if cache is not None:
-        cache = KVCache(kv[0], kv[1], valid_BxS, cache.index + t)
+        cache = KVCache(kv[0], kv[1], valid_BxS, next_index(cache, mask_BxT))
     return logits, cache
