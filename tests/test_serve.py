@@ -135,9 +135,10 @@ def client(server):
 
 
 def _generate(dirs, prompt: str, mode: str, params, aligners=(), seed=0, n=1):
-    """`generate`'s record for `prompt` repeated n times (what the server's seed promises)."""
+    """`generate --seed` on a file holding `prompt` n times: its texts from the command's
+    function, and the same decode's ids and log-probs through the library (checked equal)."""
     (dirs / "p.jsonl").write_text("".join(json.dumps({"prompt": prompt}) + "\n" for _ in range(n)))
-    record, _ = files.decode_file(
+    texts, _ = files.decode_file(
         proposal=str(dirs / "proposal"),
         aligners=[str(dirs / a) for a in aligners],
         prompts=str(dirs / "p.jsonl"),
@@ -149,18 +150,20 @@ def _generate(dirs, prompt: str, mode: str, params, aligners=(), seed=0, n=1):
         batch_size=n,
         progress=False,
     )
+    keys = jax.random.split(jax.random.key(seed), n)
+    record = _library(dirs, [prompt] * n, keys, mode, params, aligners)
+    assert record.texts == texts
     return record
 
 
-def _library(dirs, prompts, seeds, mode, params, aligners):
-    """`driver.generate` as `decode_file` runs it, with prompt i's key split(key(seeds[i]), 1)[0]
-    (what `generate --seed=seeds[i]` gives a one-prompt file)."""
+def _library(dirs, prompts, keys, mode, params, aligners):
+    """`driver.generate` as `decode_file` runs it, prompt i with `keys[i]` (prompt j of a
+    file decoded with `--seed=S` has `split(key(S), P)[j]`)."""
     proposal, aligners = str(dirs / "proposal"), [str(dirs / a) for a in aligners]
     tok, tc = files.load_tokenizer(proposal, aligners)
     models = files.load_models(proposal, aligners, "auto", tok)
     bos = T.prompt_bos_id(tok, tc, None, "human_assistant", models.proposal[1])
     ids = templates.encode_prompts(tok, prompts, "human_assistant", bos_id=bos)
-    keys = jax.numpy.stack([jax.random.split(jax.random.key(s), 1)[0] for s in seeds])
     return driver.generate(
         models,
         ids,
@@ -184,9 +187,9 @@ def _references(dirs) -> dict:
     }
     for m, (_, _, mode, aligners, params) in enumerate(MIX):
         jobs = [j for j in JOBS if j[1] == m]
-        record = _library(
-            dirs, [p for _, _, p, _ in jobs], [s for *_, s in jobs], mode, params, aligners
-        )
+        # Each request alone: `generate --seed=s` on a one-prompt file.
+        keys = jax.numpy.stack([jax.random.split(jax.random.key(s), 1)[0] for *_, s in jobs])
+        record = _library(dirs, [p for _, _, p, _ in jobs], keys, mode, params, aligners)
         for row, (i, *_) in enumerate(jobs):
             refs[i] = _ids(record, row)
     return refs
