@@ -1,6 +1,10 @@
 r"""Decode benchmark: ram_jax's driver vs the reference's per-token PyTorch loop.
 
   python experiments/bench_decode.py [--quick]
+  python experiments/bench_decode.py --pair=llama-3.1-8b+llama-3.2-1b [--int8] [--layers=N]
+
+`--pair`: the paper's model sizes against the HBM roofline (`experiments/decode_pair.py`).
+Without it:
 
 A "small" trio with a 32k vocabulary (random float32 weights; the timing
 depends on the values only through par_kl's gate, reported as
@@ -246,7 +250,30 @@ def bench_aligner_style(trio, prompt, new):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="reduced run, a few minutes")
+    parser.add_argument("--pair", default="", help="PROPOSAL+ALIGNER presets at real shapes")
+    parser.add_argument("--batches", default="1,8,32,64", help="--pair: batch sizes")
+    parser.add_argument("--prompt", type=int, default=1024, help="--pair: prompt tokens")
+    parser.add_argument("--new", type=int, default=64, help="--pair: new tokens per row")
+    parser.add_argument("--layers", type=int, default=0, help="--pair: keep N layers (CPU)")
+    parser.add_argument("--dtype", default="bfloat16", help="--pair: weights and compute")
+    parser.add_argument("--int8", action="store_true", help="--pair: add an int8 proposal")
+    parser.add_argument("--repeats", type=int, default=2, help="--pair: timed batches each")
     args = parser.parse_args()
+    if args.pair:
+        from experiments import decode_pair
+
+        summary = decode_pair.run(
+            args.pair,
+            batches=tuple(int(b) for b in args.batches.split(",")),
+            prompt=args.prompt,
+            new=args.new,
+            layers=args.layers,
+            dtype=args.dtype,
+            int8=args.int8,
+            repeats=args.repeats,
+        )
+        print(json.dumps(summary))
+        return
     prompt = 128
     new = 32 if args.quick else 128
     batches = (1, 32) if args.quick else (1, 8, 32)

@@ -162,13 +162,16 @@ def test_int8_proposal_samples_from_int8_weights_and_never_resumes_a_float_job(
     _interrupted(proposal, rows_file, out, monkeypatch)
     with pytest.raises(resumable.FingerprintMismatch, match="proposal"):
         _sample(proposal, rows_file, out, int8_proposal=True)
-    seen, real = [], driver.generate
-    monkeypatch.setattr(
-        driver, "generate", lambda models, *a, **k: seen.append(models) or real(models, *a, **k)
-    )
-    assert _sample(proposal, rows_file, out, restart=True, int8_proposal=True) == 5
-    assert seen and all(is_quantized(m.proposal[0]) for m in seen)
-    assert all(len(json.loads(x)["sampling"]) == 2 for x in open(out))
+    seen = []
+
+    def record_models(models, *args, **kwargs):  # what would decode (no compile needed)
+        seen.append(models)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "generate", record_models)
+    with pytest.raises(KeyboardInterrupt):
+        _sample(proposal, rows_file, out, restart=True, int8_proposal=True)
+    assert is_quantized(seen[0].proposal[0]) and not is_quantized(proposal[1])
 
 
 def test_prompt_only_rows_are_refused_clearly(proposal, tmp_path):
