@@ -1,4 +1,4 @@
-r"""Decoding at the paper's model sizes: random weights at the real shapes, against the HBM roofline.
+r"""Decoding at the paper's model sizes: random weights at real shapes against the HBM roofline.
 
   python experiments/bench_decode.py --pair=llama-3.1-8b+llama-3.2-1b [--int8] \
       [--batches=1,8,32,64] [--prompt=1024] [--new=64] [--layers=N] [--dtype=bfloat16]

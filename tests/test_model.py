@@ -13,11 +13,14 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ram_jax.models.cache import init_cache
 from ram_jax.models.config import from_hf_dict, get_preset
+from ram_jax.models.quantize import quantize_int8
 from ram_jax.models.rope import inverse_frequencies
 from ram_jax.models.transformer import (
     abstract_params,
     count_params,
     forward,
+    fuse_projections,
+    has_fused_projections,
     init_params,
     unstack_layers,
 )
@@ -334,3 +337,21 @@ def test_import_does_not_pull_torch_or_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_fused_projections_compute_the_same_logits():
+    """The decode-time fused q/k/v and gate/up layout (float stacked without a cache,
+    int8 unrolled with one; Qwen2's biases) gives the separate kernels' logits."""
+    config = get_preset("tiny-qwen", vocab_size=64)
+    params = init_params(config, jax.random.key(0))
+    params["layers"]["attn"]["k_proj"]["bias"] += 0.1  # nonzero biases must land in place
+    tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, 64)
+    want, _ = forward(params, tokens, config)
+    fused = fuse_projections(params)
+    assert has_fused_projections(fused) and not has_fused_projections(params)
+    np.testing.assert_allclose(forward(fused, tokens, config)[0], want, atol=1e-5)
+    int8 = quantize_int8(params)
+    want, _ = forward(int8, tokens, config)
+    fused = fuse_projections(unstack_layers(int8))
+    got, _ = forward(fused, tokens, config, cache=init_cache(config, 2, 8, per_layer=True))
+    np.testing.assert_allclose(got, want, atol=1e-5)
