@@ -14,8 +14,9 @@ the CLI does, with every row running to `--new` tokens (no EOS). Per batch:
   step     the batch's time after its first token / its steps; tokens/s =
            batch / step.
   roofline the least time a step can take when it must read every weight once
-           and each model's KV cache at the step's context (prompt + half
-           the new tokens on average): bytes / the device's memory bandwidth.
+           (an untied input embedding only by the rows looked up) and each
+           model's KV cache at the step's context (prompt + half the new
+           tokens on average): bytes / the device's memory bandwidth.
            `roofline_fraction` = that time / the measured step.
 
 Modes: `par_kl` (the reference's settings, proposal + aligner) and
@@ -104,6 +105,13 @@ def cache_bytes(config: ModelConfig, batch: int, context: float) -> float:
     return per_slot * batch * context * jnp.dtype(config.jnp_dtype).itemsize
 
 
+def step_weight_bytes(params, config: ModelConfig) -> int:
+    """Weight bytes one decode step reads: all but an untied input embedding, of
+    which a step reads only its rows (a tied one is read whole, as the LM head)."""
+    embed = 0 if config.tie_embeddings else weight_bytes(params["embed"])
+    return weight_bytes(params) - embed
+
+
 def bandwidth(device) -> tuple[float, str]:
     """(bytes/s, where it came from) for `device`: the table, else measured here."""
     kind = device.device_kind
@@ -138,7 +146,8 @@ def bench(models, mode, batch, prompt, new, vocab, repeats, bytes_per_s) -> dict
         steps.append((timing.seconds - timing.ttft_seconds) / max(timing.steps, 1))
     step = statistics.median(steps)
     context = prompt + new / 2
-    weights = sum(weight_bytes(p) for p in models.params if p is not None)
+    pairs = zip(models.params, models.configs, strict=True)
+    weights = sum(step_weight_bytes(p, c) for p, c in pairs if p is not None)
     caches = sum(cache_bytes(c, batch, context) for c in models.configs if c is not None)
     bound = (weights + caches) / bytes_per_s
     return {
