@@ -41,7 +41,7 @@ run attention 120 "$PY" experiments/gpu_attention_check.py
 run train_mfu 180 "$PY" experiments/bench_train.py --model=llama-3.2-1b --batch=4 --length=2048 \
   --steps=3 --rounds=3
 run memory 300 "$PY" experiments/paper/check_plan_gpu.py --cases=1b,1b-naive,1b-remat --length=2048
-run decode 240 "$PY" experiments/bench_decode.py --pair=llama-3.1-8b+llama-3.2-1b --int8 \
+run decode 300 "$PY" experiments/bench_decode.py --pair=llama-3.1-8b+llama-3.2-1b --int8 \
   --batches=1,64 --prompt=1024 --new=64
 
 "$PY" - "$OUT" "$START" <<'EOF'
