@@ -340,18 +340,18 @@ def test_import_does_not_pull_torch_or_transformers():
 
 
 def test_fused_projections_compute_the_same_logits():
-    """The decode-time fused q/k/v and gate/up layout (float stacked without a cache,
-    int8 unrolled with one; Qwen2's biases) gives the separate kernels' logits."""
-    config = get_preset("tiny-qwen", vocab_size=64)
-    params = init_params(config, jax.random.key(0))
+    """The decode-time fused q/k/v and gate/up layout (here int8, unrolled, cached, with
+    Qwen2's biases) gives the separate kernels' logits. (Float, stacked: test_decode's
+    layer-layout test decodes the fused params restacked.)"""
+    config = get_preset("tiny-qwen", vocab_size=64, num_layers=1)
+    params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))
     params["layers"]["attn"]["k_proj"]["bias"] += 0.1  # nonzero biases must land in place
     tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, 64)
-    want, _ = forward(params, tokens, config)
-    fused = fuse_projections(params)
-    assert has_fused_projections(fused) and not has_fused_projections(params)
-    np.testing.assert_allclose(forward(fused, tokens, config)[0], want, atol=1e-5)
-    int8 = quantize_int8(params)
-    want, _ = forward(int8, tokens, config)
+    int8 = jax.jit(quantize_int8)(params)
     fused = fuse_projections(unstack_layers(int8))
-    got, _ = forward(fused, tokens, config, cache=init_cache(config, 2, 8, per_layer=True))
+    assert has_fused_projections(fused) and not has_fused_projections(int8)
+    run = jax.jit(forward, static_argnames="config")  # one compile, not one per op
+    want, _ = run(int8, tokens, config=config)
+    cache = init_cache(config, 2, 8, per_layer=True)
+    got, _ = run(fused, tokens, config=config, cache=cache)
     np.testing.assert_allclose(got, want, atol=1e-5)
