@@ -92,17 +92,13 @@ def sequence_logprobs(
       vocab_limit: the tokenizer length; padded vocabulary rows beyond it are
         dropped before the normaliser. None keeps all rows.
     """
-    logits = logits_BxTxV.astype(jnp.float32)
+    logits = logits_BxTxV[:, :-1].astype(jnp.float32)
     if vocab_limit is not None:
         logits = logits[..., :vocab_limit]
-    # Position t predicts token t + 1. Scoring every position (the last one
-    # against a dummy id, masked out) instead of slicing off the last keeps the
-    # [B, T, V] logits and their gradient free of a sliced / padded copy.
-    next_BxT = jnp.pad(tokens_BxT[:, 1:], ((0, 0), (0, 1)))
-    scored_BxT = jnp.pad(target_mask_BxT[:, 1:], ((0, 0), (0, 1)))
-    picked = jnp.take_along_axis(logits, next_BxT[..., None], axis=-1)[..., 0]
+    targets_BxT = tokens_BxT[:, 1:]
+    picked = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
     token_lp = picked - jax.nn.logsumexp(logits, axis=-1)
-    return jnp.sum(jnp.where(scored_BxT, token_lp, 0.0), axis=-1)
+    return jnp.sum(jnp.where(target_mask_BxT[:, 1:], token_lp, 0.0), axis=-1)
 
 
 def sft_loss(chosen_B):

@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from ram_jax import sharding as shd
 from ram_jax.models.config import ModelConfig
-from ram_jax.models.transformer import abstract_params, forward, fuse_projections, init_params
+from ram_jax.models.transformer import abstract_params, forward, init_params
 from ram_jax.training.losses import Objective, objective_sums, sequence_logprobs
 
 BATCH_KEYS = ("tokens", "mask", "targets", "weight")
@@ -140,12 +140,6 @@ def model_sequence_logprobs(
     attention: str = "auto",
 ) -> jax.Array:
     """`log Q(y|x)` of right- or left-padded sequences under a model, float32 [B]."""
-    if jax.default_backend() == "cpu":
-        # One q/k/v and one gate/up product per layer: wider matmuls, and one
-        # input-gradient product instead of three (two). The concatenated
-        # kernels are a step-time copy: small next to a step's activations on
-        # CPU, but on accelerators it would count against the memory plan.
-        params = fuse_projections(params)
     logits, _ = forward(
         params, tokens_BxT, config, mask_BxT=mask_BxT, remat=remat, attention=attention
     )
