@@ -114,6 +114,13 @@ _RESTART = flags.DEFINE_bool(
 _DTYPE = flags.DEFINE_enum(
     "dtype", "auto", list(DTYPES), "Parameter dtype (auto: the checkpoint's).", flag_values=FLAGS
 )
+_INT8 = flags.DEFINE_bool(
+    "int8_proposal",
+    False,
+    "Store the proposal's weights as int8 (per-channel scales; computed in --dtype). The "
+    "aligners keep their dtype.",
+    flag_values=FLAGS,
+)
 # Per-request settings: each flag is the `SamplingParams` field of its name.
 _PARAM_FLAGS = {
     "temperature": flags.DEFINE_float(
@@ -212,6 +219,7 @@ def main(argv):
         assume_same_tokenizer=_ASSUME_SAME.value,
         tokenizer=_TOKENIZER.value,
         dtype=_DTYPE.value,
+        int8_proposal=_INT8.value,
         batch_size=_BATCH.value,
         chunk=_CHUNK.value,
         seed=_SEED.value,

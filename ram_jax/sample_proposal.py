@@ -14,7 +14,9 @@ exactly the prompts the aligner is trained on: pass the training run's
 `--config` (and any `--config.data.*` overrides) and the template, BOS and
 prompt length come from its `data` section; `--prompt_template`, `--add_bos`
 and `--max_prompt_length` override it. `--template=chat` renders the
-tokenizer's own chat template; `--dtype` defaults to the checkpoint's.
+tokenizer's own chat template; `--dtype` defaults to the checkpoint's;
+`--int8_proposal` stores the proposal's weights as int8 (per-channel scales,
+computed in `--dtype`): half a bf16 proposal's bytes read per decode step.
 
 Progress is appended batch by batch to OUTPUT.partial, whose first line
 fingerprints the job: the input rows' content, the proposal's and tokenizer's
@@ -148,11 +150,15 @@ def plan(
     return Job(rows, prompts, output, tokenizer, tc, sampling, settings)
 
 
-def run(job: Job, p_params, p_config) -> int:
-    """Samples the rows not yet done, then writes the output; returns how many were sampled."""
+def run(job: Job, p_params, p_config, int8_proposal: bool = False) -> int:
+    """Samples the rows not yet done, then writes the output; returns how many were sampled.
+
+    `int8_proposal`: quantize `p_params` first (`models.quantize.quantize_int8`).
+    """
     import jax
 
     from ram_jax.decoding import driver
+    from ram_jax.models.quantize import quantize_int8
     from ram_jax.models.tokenizer import eos_token_ids, tokenizer_length
 
     vocab = tokenizer_length(job.tokenizer)
@@ -160,6 +166,8 @@ def run(job: Job, p_params, p_config) -> int:
     rows, k, width = job.rows, job.settings.num_samples, job.settings.batch_size
     start = job.output.done
     base_key = jax.random.key(job.settings.seed)
+    if int8_proposal:
+        p_params = quantize_int8(p_params)
     models = driver.Models((p_params, p_config)).arranged()
     bar = tqdm(total=len(rows), initial=start, desc="sample", unit="prompt")
     for first in range(start, len(rows), width):
@@ -202,6 +210,7 @@ def sample_file(
     restart: bool = False,
     proposal_id=None,
     tokenizer_config=None,
+    int8_proposal: bool = False,
 ) -> int:
     """Writes `output_path` (input rows + 'sampling'); returns the number of rows sampled now.
 
@@ -210,11 +219,14 @@ def sample_file(
     a resume could meet a retrained proposal. `tokenizer_config` (the
     tokenizer's HF files) gives the chat template, the BOS rule and the EOS
     fallback; without it they are inferred from the vocabulary.
+    `int8_proposal` samples from `p_params` stored as int8 (a partial output
+    of the float proposal is then refused, and the reverse).
     """
     if os.path.exists(output_path):
         print(f"{output_path} exists; nothing to do (delete it to resample).")
         return 0
     rows, input_hash = read_input(input_path, fmt)
+    proposal_id = p_config.to_dict() if proposal_id is None else proposal_id
     job = plan(
         rows,
         input_hash,
@@ -222,12 +234,17 @@ def sample_file(
         tokenizer=tokenizer,
         sampling=sampling,
         p_config=p_config,
-        proposal_id=p_config.to_dict() if proposal_id is None else proposal_id,
+        proposal_id=_with_int8(proposal_id, int8_proposal),
         settings=settings,
         restart=restart,
         tokenizer_config=tokenizer_config,
     )
-    return run(job, p_params, p_config)
+    return run(job, p_params, p_config, int8_proposal)
+
+
+def _with_int8(proposal_id, int8_proposal: bool):
+    # int8 weights draw other samples; a float job's fingerprint stays as it was.
+    return {"weights": proposal_id, "int8": True} if int8_proposal else proposal_id
 
 
 FLAGS = flags.FlagValues()  # this command's own flags (see ram_jax.cli)
@@ -297,6 +314,12 @@ _DTYPE = flags.DEFINE_enum(
     "Proposal dtype (auto: the checkpoint's).",
     flag_values=FLAGS,
 )
+_INT8 = flags.DEFINE_bool(
+    "int8_proposal",
+    False,
+    "Store the proposal's weights as int8 (per-channel scales; computed in --dtype).",
+    flag_values=FLAGS,
+)
 
 
 def _settings() -> Settings:
@@ -362,13 +385,15 @@ def main(argv):
         tokenizer=tok,
         sampling=sampling,
         p_config=p_config,
-        proposal_id={"files": resumable.files_fingerprint(p_dir), "dtype": _DTYPE.value},
+        proposal_id=_with_int8(
+            {"files": resumable.files_fingerprint(p_dir), "dtype": _DTYPE.value}, _INT8.value
+        ),
         settings=settings,
         restart=_RESTART.value,
         tokenizer_config=tok_config,
     )
     p_config, p_params = load_model(_PROPOSAL.value, _DTYPE.value, "--proposal")
-    run(job, p_params, p_config)
+    run(job, p_params, p_config, _INT8.value)
 
 
 if __name__ == "__main__":

@@ -42,10 +42,16 @@ PAR_KL = SamplingParams(
 
 
 @pytest.fixture(scope="module")
-def models():
+def raw():
+    """The models as loaded (stacked layers, separate projections)."""
     p = random_params(abstract_params(P_CONFIG), 11)
     q = random_params(abstract_params(Q_CONFIG), 12)
-    return driver.Models((p, P_CONFIG), ((q, Q_CONFIG),)).arranged()
+    return driver.Models((p, P_CONFIG), ((q, Q_CONFIG),))
+
+
+@pytest.fixture(scope="module")
+def models(raw):
+    return raw.arranged()
 
 
 KEYS = jax.random.split(jax.random.key(5), len(PROMPTS))
@@ -196,10 +202,9 @@ def _stacked(params):
     return {**params, "layers": jax.tree.map(lambda *x: jnp.stack(x), *layers)}
 
 
-def test_sharded_params_give_same_tokens(models, reference):
+def test_sharded_params_give_same_tokens(raw, reference):
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-    stacked = [_stacked(p) for p in models.params]
-    placed = [jax.device_put(p, sharding.param_shardings(p, mesh)) for p in stacked]
+    placed = [jax.device_put(p, sharding.param_shardings(p, mesh)) for p in raw.params]
     assert len(placed[0]["layers"]["attn"]["q_proj"]["kernel"].sharding.device_set) == 8
     sharded = driver.Models((placed[0], P_CONFIG), ((placed[1], Q_CONFIG),))
     out = _decode(sharded.arranged(False))

@@ -19,6 +19,7 @@ from ram_jax.decoding import sampling as S
 from ram_jax.models import convert
 from ram_jax.models import tokenizer as T
 from ram_jax.models.config import get_preset
+from ram_jax.models.quantize import is_quantized
 from ram_jax.models.tokenizer_config import load_tokenizer_config
 from ram_jax.models.transformer import abstract_params
 from ram_jax.training.model import load_model
@@ -214,6 +215,47 @@ def test_stop_strings_end_rows_and_metrics_count_only_kept_tokens(dirs):
     assert metrics["aligner_branch_rate_first_token"] == pytest.approx(
         stopped.aligner_branch[:, 0].mean()
     )
+
+
+def test_int8_proposal_decodes_with_quantized_proposal_weights_only(dirs, tmp_path):
+    """`int8_proposal`: the proposal's weights are int8, the aligner's are not, and the
+    decode is the driver's decode of exactly those models."""
+    tok = T.load_tokenizer(FIXTURE_TOKENIZER)
+    aligners = [str(dirs / "run")]
+    models = files.load_models(str(dirs / "proposal"), aligners, "float32", tok, True)
+    assert is_quantized(models.proposal[0]) and not is_quantized(models.aligners[0][0])
+    params = S.SamplingParams(temperature=0.9, max_new_tokens=6)
+    record, metrics = files.decode_file(
+        proposal=str(dirs / "proposal"),
+        aligners=aligners,
+        prompts=str(dirs / "prompts.jsonl"),
+        output=str(tmp_path / "o.json"),
+        mode=modes.get_mode("product"),
+        params=params,
+        template="human_assistant",
+        dtype="float32",
+        int8_proposal=True,
+        batch_size=3,
+        seed=2,
+        progress=False,
+    )
+    assert metrics["int8_proposal"] is True
+    prompts = templates.encode_prompts(tok, INSTRUCTIONS, "human_assistant")
+    eos = T.pair_eos_ids(tok, P_CONFIG, [Q_CONFIG], load_tokenizer_config(FIXTURE_TOKENIZER, tok))
+    same = driver.generate(
+        models,
+        prompts,
+        "product",
+        params,
+        key=jax.random.key(2),
+        vocab_size=384,
+        eos_ids=eos,
+        pad_id=eos[0],
+        batch_size=3,
+        tokenizer=tok,
+    )
+    np.testing.assert_array_equal(record.tokens, same.tokens)
+    assert any(record.texts), "all outputs empty: the comparison would be vacuous"
 
 
 def test_reference_preset_and_overrides():

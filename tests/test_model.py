@@ -13,11 +13,14 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from ram_jax.models.cache import init_cache, put_row
 from ram_jax.models.config import from_hf_dict, get_preset
+from ram_jax.models.quantize import quantize_int8
 from ram_jax.models.rope import inverse_frequencies
 from ram_jax.models.transformer import (
     abstract_params,
     count_params,
     forward,
+    fuse_projections,
+    has_fused_projections,
     init_params,
     unstack_layers,
 )
@@ -375,3 +378,21 @@ def test_import_does_not_pull_torch_or_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_fused_projections_compute_the_same_logits():
+    """The decode-time fused q/k/v and gate/up layout (here int8, unrolled, cached, with
+    Qwen2's biases) gives the separate kernels' logits. (Float, stacked: test_decode's
+    layer-layout test decodes the fused params restacked.)"""
+    config = get_preset("tiny-qwen", vocab_size=64, num_layers=1)
+    params = jax.jit(init_params, static_argnums=0)(config, jax.random.key(0))
+    params["layers"]["attn"]["k_proj"]["bias"] += 0.1  # nonzero biases must land in place
+    tokens = jax.random.randint(jax.random.key(1), (2, 7), 0, 64)
+    int8 = jax.jit(quantize_int8)(params)
+    fused = fuse_projections(unstack_layers(int8))
+    assert has_fused_projections(fused) and not has_fused_projections(int8)
+    run = jax.jit(forward, static_argnames="config")  # one compile, not one per op
+    want, _ = run(int8, tokens, config=config)
+    cache = init_cache(config, 2, 8, per_layer=True)
+    got, _ = run(fused, tokens, config=config, cache=cache)
+    np.testing.assert_allclose(got, want, atol=1e-5)

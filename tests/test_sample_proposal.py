@@ -14,6 +14,7 @@ from ram_jax.decoding.sampling import SamplingParams
 from ram_jax.io import DataError
 from ram_jax.models.config import get_preset
 from ram_jax.models.convert import save_hf
+from ram_jax.models.quantize import is_quantized
 from ram_jax.models.tokenizer import load_tokenizer
 from ram_jax.models.transformer import init_params
 from ram_jax.training.model import load_model
@@ -56,7 +57,7 @@ def full(proposal, rows_file, tmp_path_factory):
     return out
 
 
-def _sample(proposal, rows_file, out, restart=False, **changes):
+def _sample(proposal, rows_file, out, restart=False, int8_proposal=False, **changes):
     config, params = proposal
     settings = dict(num_samples=2, max_new_tokens=6, batch_size=2, seed=1)
     settings.update(changes)
@@ -69,6 +70,7 @@ def _sample(proposal, rows_file, out, restart=False, **changes):
         sampling=SAMPLING,
         settings=sample_proposal.Settings(**settings),
         restart=restart,
+        int8_proposal=int8_proposal,
     )
 
 
@@ -151,6 +153,25 @@ def test_a_partial_output_of_another_job_is_refused(
     assert _sample(proposal, inp, out, restart=True, **kwargs) == 5
     if change == "no_header":
         assert open(out).read() == open(full).read()
+
+
+def test_int8_proposal_samples_from_int8_weights_and_never_resumes_a_float_job(
+    proposal, rows_file, tmp_path, monkeypatch
+):
+    out = str(tmp_path / "o.jsonl")
+    _interrupted(proposal, rows_file, out, monkeypatch)
+    with pytest.raises(resumable.FingerprintMismatch, match="proposal"):
+        _sample(proposal, rows_file, out, int8_proposal=True)
+    seen = []
+
+    def record_models(models, *args, **kwargs):  # what would decode (no compile needed)
+        seen.append(models)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "generate", record_models)
+    with pytest.raises(KeyboardInterrupt):
+        _sample(proposal, rows_file, out, restart=True, int8_proposal=True)
+    assert is_quantized(seen[0].proposal[0]) and not is_quantized(proposal[1])
 
 
 def test_prompt_only_rows_are_refused_clearly(proposal, tmp_path):

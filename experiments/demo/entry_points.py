@@ -94,6 +94,7 @@ def generate(
     decoding: str,
     seed: int,
     params: SamplingParams | Sequence[SamplingParams] = DECODE,
+    int8_proposal: bool = False,
 ) -> Decoded:
     """One `python -m ram_jax.generate` run, as `decode_file` with arguments."""
     from ram_jax.decoding import files
@@ -110,6 +111,7 @@ def generate(
         params=params,
         seq_sir=SeqSir(NUM_CANDIDATES) if decoding in SEQUENCE_RESAMPLED else None,
         template=demo_proposal.TEMPLATE,
+        int8_proposal=int8_proposal,
         batch_size=BATCH_SIZE,
         seed=seed,
         progress=False,

@@ -7,8 +7,9 @@
   per seed:  train `aligner` (sft), `proposal_sft`, the RAM aligners (ram_sft,
              ram_dpo, ram_mc), the `format` aligner (ram_sft on the format set)
              and the `corrector` (`ram_jax.main`'s run); decode every method
-             (`ram_jax.generate`'s `decode_file`), the two aligners composed and
-             a sweep of the format aligner's weight; score.
+             (`ram_jax.generate`'s `decode_file`), `ram_product` again with an
+             int8 proposal, the two aligners composed and a sweep of the format
+             aligner's weight; score.
 
 How each entry point is called: `entry_points.py`. The proposal and its offline
 samples are built once per run, like the paper's frozen base LLM; each seed
@@ -239,11 +240,13 @@ def run_seed(plan: Plan, seed: int, shared: dict, progress: Progress) -> tuple[d
 
     results, decoded = {}, {}
 
-    def stage_decode(method, proposal, aligners, decoding, prompts=paths["eval"], params=DECODE):
+    def stage_decode(
+        method, proposal, aligners, decoding, prompts=paths["eval"], params=DECODE, int8=False
+    ):
         name = f"seed {seed}: decode {method}"
         t = progress.start(name)
         out = os.path.join(gen_dir, f"{method}.json")
-        decoded[method] = generate(proposal, aligners, prompts, out, decoding, seed, params)
+        decoded[method] = generate(proposal, aligners, prompts, out, decoding, seed, params, int8)
         progress.end(name, t)
         return decoded[method]
 
@@ -265,6 +268,10 @@ def run_seed(plan: Plan, seed: int, shared: dict, progress: Progress) -> tuple[d
         for mode in plan.ram_modes[obj]:
             method = f"ram_{mode}" if obj == "ram_sft" else f"{obj}_{mode}"
             stage_decode(method, shared["proposal_dir"], [export(obj)], mode)
+    # The same product with the proposal's weights stored as int8 (`--int8_proposal`).
+    stage_decode(
+        "ram_product_int8", shared["proposal_dir"], [export("ram_sft")], "product", int8=True
+    )
     # The second behaviour: the format aligner alone, both aligners composed and the
     # format weight swept, all in one decode: one row per (prompt, weights), so the
     # per-row weights share one compiled decoder. A zero weight cancels its aligner.
@@ -337,6 +344,7 @@ def stage_costs(plan: Plan) -> list[tuple[str, float]]:
             for mode in plan.ram_modes[obj]:
                 method = f"ram_{mode}" if obj == "ram_sft" else f"{obj}_{mode}"
                 stages.append((f"seed {s}: decode {method}", 8.0 if "sir" in mode else 5.0))
+        stages.append((f"seed {s}: decode ram_product_int8", 5.0))
         stages.append((f"seed {s}: decode composed", 10.0))
     return stages
 

@@ -33,7 +33,12 @@ from ram_jax.decoding import processors as P
 from ram_jax.decoding.modes import Logits, Mode
 from ram_jax.decoding.sampling import RowSettings, SamplingParams
 from ram_jax.models.cache import KVCache, init_cache, put_row
-from ram_jax.models.transformer import forward, has_unrolled_layers, unstack_layers
+from ram_jax.models.transformer import (
+    forward,
+    fuse_projections,
+    has_unrolled_layers,
+    unstack_layers,
+)
 
 
 @jax.tree_util.register_dataclass
@@ -58,8 +63,11 @@ def arrange_layers(params, unroll_layers: bool | None = None):
     `unroll_layers=None` unrolls on CPU, where a matmul on a slice of stacked
     weights or caches first copies the slice (`transformer.unstack_layers`),
     and keeps the layer scan elsewhere (compile time, no second weight copy).
-    Params already unrolled pass through. Call it once, outside `jit`, and
-    drop the stacked params, to pay that copy and hold its memory once.
+    Unrolled layers also get fused q/k/v and gate/up kernels
+    (`transformer.fuse_projections`: fewer, wider matmuls per step; sharded
+    layouts elsewhere keep their separate kernels). Params already arranged
+    pass through. Call it once, outside `jit`, and drop the original params,
+    to pay those copies and hold their memory once.
     """
     if unroll_layers is None:
         unroll_layers = jax.default_backend() == "cpu"
@@ -67,7 +75,7 @@ def arrange_layers(params, unroll_layers: bool | None = None):
         return tuple(arrange_layers(p, unroll_layers) for p in params)
     if params is None or not unroll_layers:
         return params
-    return unstack_layers(params)
+    return unstack_layers(fuse_projections(params))
 
 
 def _slice(logits_Bx1xV: jax.Array, vocab_size: int) -> jax.Array:

@@ -26,6 +26,7 @@ from ram_jax.decoding.modes import Mode
 from ram_jax.decoding.resample import SeqSir
 from ram_jax.decoding.sampling import SamplingParams
 from ram_jax.models import tokenizer as T
+from ram_jax.models.quantize import quantize_int8
 from ram_jax.models.tokenizer_check import check_model_tokenizers
 from ram_jax.models.tokenizer_config import load_tokenizer_config
 from ram_jax.training.model import load_config, load_model, model_dir
@@ -69,10 +70,14 @@ def load_tokenizer(proposal: str, aligners: Sequence[str], tokenizer=None, assum
     return tok, tok_config
 
 
-def load_models(proposal: str, aligners: Sequence[str], dtype: str, tok) -> driver.Models:
+def load_models(
+    proposal: str, aligners: Sequence[str], dtype: str, tok, int8_proposal: bool = False
+) -> driver.Models:
     """The models from HF directories or training workdirs (their `export/`), in `dtype`
     (`auto`: each checkpoint's own), checked against `tok` and arranged in the
-    decoder's layer layout once."""
+    decoder's layer layout once. `int8_proposal`: the proposal's weights are
+    stored as int8 (`models.quantize.quantize_int8`; it computes in `dtype`);
+    the aligners never are."""
     p_dir = model_dir(proposal) or proposal
     q_dirs = [model_dir(a) or a for a in aligners]
     loaded = [load_model(p_dir, dtype, "--proposal")]
@@ -80,6 +85,8 @@ def load_models(proposal: str, aligners: Sequence[str], dtype: str, tok) -> driv
     for name, (config, _) in zip(["proposal", *q_dirs], loaded, strict=True):
         T.check_vocab_fits(config, tok, name)
     pairs = [(params, config) for config, params in loaded]
+    if int8_proposal:
+        pairs[0] = (quantize_int8(pairs[0][0]), pairs[0][1])
     return driver.Models(pairs[0], tuple(pairs[1:])).arranged()
 
 
@@ -97,6 +104,7 @@ def decode_file(
     assume_same_tokenizer: bool = False,
     tokenizer: str | None = None,
     dtype: str = "auto",
+    int8_proposal: bool = False,
     batch_size: int = 8,
     chunk: int = 16,
     seed: int = 0,
@@ -112,7 +120,9 @@ def decode_file(
     outputs do not depend on `batch_size`. `template='chat'` renders the
     tokenizer's own chat template; `add_bos` None starts prompts with a BOS as
     the tokenizer does (`models.tokenizer.prompt_bos_id`). Decoding stops on
-    every model's EOS ids (`pair_eos_ids`).
+    every model's EOS ids (`pair_eos_ids`). `int8_proposal` stores the
+    proposal's weights as int8 after loading (half a bf16 proposal's bytes per
+    step; see `load_models`).
 
     Each finished batch is kept in `OUTPUT.partial` (`ram_jax.resumable`): a
     rerun of the same job (input, models, settings, batch size, seed)
@@ -170,13 +180,15 @@ def decode_file(
             "seq_sir": seq_sir.num_candidates if seq_sir else 0,
             "prompt_ids": resumable.content_hash(ids),  # template, BOS and chat template
             "dtype": dtype,
+            "int8_proposal": int8_proposal,
             "batch_size": batch_size,
             "seed": seed,
             "generator": generator,
         },
     }
     partial = resumable.PartialOutput(output, fingerprint, unit=batch_size, restart=restart)
-    models = load_models(proposal, aligners, dtype, tok) if partial.done < len(ids) else None
+    todo = partial.done < len(ids)
+    models = load_models(proposal, aligners, dtype, tok, int8_proposal) if todo else None
     if partial.done:
         print(f"resuming {output}: {partial.done} of {len(ids)} prompts already decoded")
     per_prompt = each if len(each) > 1 else each * len(ids)
@@ -248,6 +260,7 @@ def decode_file(
         "mode_fields": dataclasses.asdict(mode),
         "seq_sir": seq_sir.num_candidates if seq_sir else 0,
         "aligners": list(aligners),
+        "int8_proposal": int8_proposal,
         "sampling": [dataclasses.asdict(p) for p in each]
         if len(each) > 1
         else dataclasses.asdict(each[0]),

@@ -73,21 +73,29 @@ def _linear(cfg: ModelConfig, din: int, dout: int, rngs: nnx.Rngs, bias=False, i
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False, fused=False):
         d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q_proj = _linear(cfg, d, n * h, rngs, cfg.qkv_bias, int8)
-        self.k_proj = _linear(cfg, d, k * h, rngs, cfg.qkv_bias, int8)
-        self.v_proj = _linear(cfg, d, k * h, rngs, cfg.qkv_bias, int8)
+        if fused:  # `fuse_projections`' layout: one [D, (N + 2K) H] product
+            self.qkv_proj = _linear(cfg, d, (n + 2 * k) * h, rngs, cfg.qkv_bias, int8)
+        else:
+            self.q_proj = _linear(cfg, d, n * h, rngs, cfg.qkv_bias, int8)
+            self.k_proj = _linear(cfg, d, k * h, rngs, cfg.qkv_bias, int8)
+            self.v_proj = _linear(cfg, d, k * h, rngs, cfg.qkv_bias, int8)
         self.o_proj = _linear(cfg, n * h, d, rngs, False, int8)
         self.cfg = cfg
+        self.fused = fused
 
     def __call__(self, x_BxTxD, positions_BxT, mask, kv, layer, inv_freq, attention):
         cfg = self.cfg
         b, t, _ = x_BxTxD.shape
         n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q = apply_rope(self.q_proj(x_BxTxD).reshape(b, t, n, h), positions_BxT, inv_freq)
-        new_k = apply_rope(self.k_proj(x_BxTxD).reshape(b, t, k, h), positions_BxT, inv_freq)
-        new_v = self.v_proj(x_BxTxD).reshape(b, t, k, h)
+        if self.fused:
+            q, new_k, new_v = jnp.split(self.qkv_proj(x_BxTxD), [n * h, (n + k) * h], axis=-1)
+        else:
+            q, new_k, new_v = (p(x_BxTxD) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q = apply_rope(q.reshape(b, t, n, h), positions_BxT, inv_freq)
+        new_k = apply_rope(new_k.reshape(b, t, k, h), positions_BxT, inv_freq)
+        new_v = new_v.reshape(b, t, k, h)
         if kv is None:
             out = attn.self_attention(q, new_k, new_v, mask, implementation=attention)
             return self.o_proj(out.reshape(b, t, n * h)), kv
@@ -102,25 +110,33 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False, fused=False):
         d, f = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = _linear(cfg, d, f, rngs, False, int8)
-        self.up_proj = _linear(cfg, d, f, rngs, False, int8)
+        if fused:  # `fuse_projections`' layout: gate and up as one [D, 2F] product
+            self.gate_up_proj = _linear(cfg, d, 2 * f, rngs, False, int8)
+        else:
+            self.gate_proj = _linear(cfg, d, f, rngs, False, int8)
+            self.up_proj = _linear(cfg, d, f, rngs, False, int8)
         self.down_proj = _linear(cfg, f, d, rngs, False, int8)
+        self.fused = fused
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused:
+            gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(jax.nn.silu(gate) * up)
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False, fused=False):
         norm = functools.partial(
             RMSNorm, cfg.hidden_size, cfg.rms_norm_eps, cfg.jnp_param_dtype, cfg.jnp_dtype
         )
         self.attn_norm = norm()
-        self.attn = Attention(cfg, rngs, int8)
+        self.attn = Attention(cfg, rngs, int8, fused)
         self.mlp_norm = norm()
-        self.mlp = MLP(cfg, rngs, int8)
+        self.mlp = MLP(cfg, rngs, int8, fused)
 
     def __call__(self, x, positions, mask, kv, layer, inv_freq, attention):
         attn_out, kv = self.attn(self.attn_norm(x), positions, mask, kv, layer, inv_freq, attention)
@@ -131,10 +147,11 @@ class Block(nnx.Module):
 class Transformer(nnx.Module):
     """The decoder. Call it through `forward(params, ...)` rather than directly.
 
-    `int8=True` builds the weight-only int8 layout of `ram_jax.models.quantize`.
+    `int8=True` builds the weight-only int8 layout of `ram_jax.models.quantize`;
+    `fused=True` the decode-time layout of `fuse_projections`.
     """
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, int8: bool = False, fused=False):
         self.cfg = cfg
         if int8:
             self.embed = Int8Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.jnp_dtype)
@@ -151,7 +168,7 @@ class Transformer(nnx.Module):
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)
         def make_layers(rngs):
-            return Block(cfg, rngs, int8)
+            return Block(cfg, rngs, int8, fused)
 
         self.layers = make_layers(rngs)
         self.final_norm = RMSNorm(
@@ -211,9 +228,10 @@ class Transformer(nnx.Module):
 
 
 @functools.lru_cache(maxsize=64)
-def graphdef(config: ModelConfig, int8: bool = False) -> nnx.GraphDef:
-    """The (cached) graph definition of a config's module tree (float or int8 weights)."""
-    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), int8=int8))
+def graphdef(config: ModelConfig, int8: bool = False, fused: bool = False) -> nnx.GraphDef:
+    """The (cached) graph definition of a config's module tree (float or int8 weights,
+    separate or fused projections)."""
+    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), int8=int8, fused=fused))
     return nnx.split(abstract)[0]
 
 
@@ -223,12 +241,13 @@ def init_params(config: ModelConfig, key: jax.Array) -> Params:
     return nnx.to_pure_dict(nnx.split(model)[1])
 
 
-def abstract_params(config: ModelConfig, int8: bool = False) -> Params:
+def abstract_params(config: ModelConfig, int8: bool = False, fused: bool = False) -> Params:
     """Parameter shapes and dtypes as `jax.ShapeDtypeStruct`s; allocates nothing.
 
-    `int8=True`: the layout of `ram_jax.models.quantize.quantize_int8`.
+    `int8=True`: the layout of `ram_jax.models.quantize.quantize_int8`;
+    `fused=True`: that of `fuse_projections`.
     """
-    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), int8=int8))
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0), int8=int8, fused=fused))
     return nnx.to_pure_dict(nnx.split(model)[1])
 
 
@@ -259,9 +278,50 @@ def unstack_layers(params: Params) -> Params:
     return {**params, "layers": tuple(per_layer)}
 
 
+def has_fused_projections(params: Params) -> bool:
+    """`params` come from `fuse_projections` (one q/k/v and one gate/up product per layer)."""
+    layers = params["layers"]
+    first = layers[0] if isinstance(layers, (tuple, list)) else layers
+    return "qkv_proj" in first["attn"]
+
+
+_FUSED = {
+    "attn": ("qkv_proj", ("q_proj", "k_proj", "v_proj")),
+    "mlp": ("gate_up_proj", ("gate_proj", "up_proj")),
+}
+
+
+def fuse_projections(params: Params) -> Params:
+    """`params` with each layer's q/k/v and gate/up kernels (biases, int8 scales)
+    concatenated along their output axis, in any layer layout.
+
+    A decode step at a small batch runs one wider matmul instead of three (two),
+    reading the same bytes: fewer, larger products. For decoding only (the
+    layout `forward` recognises, never trained or exported); do it once,
+    outside `jit` (`ram_jax.decoding.decoder.arrange_layers` does), and drop
+    the separate kernels.
+    """
+    if has_fused_projections(params):
+        return params
+
+    def fuse(layer):
+        out = dict(layer)
+        for part, (name, pieces) in _FUSED.items():
+            block = dict(layer[part])
+            parts = [block.pop(p) for p in pieces]
+            block[name] = {k: jnp.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]}
+            out[part] = block
+        return out
+
+    layers = params["layers"]
+    if isinstance(layers, (tuple, list)):
+        return {**params, "layers": tuple(fuse(layer) for layer in layers)}
+    return {**params, "layers": fuse(layers)}
+
+
 @functools.lru_cache(maxsize=64)
-def _abstract_layers(config: ModelConfig, int8: bool):
-    return abstract_params(config, int8)["layers"]
+def _abstract_layers(config: ModelConfig, int8: bool, fused: bool):
+    return abstract_params(config, int8, fused)["layers"]
 
 
 def forward(
@@ -288,8 +348,8 @@ def forward(
     Args:
       params: parameters from `init_params` or `ram_jax.models.convert.load_hf`, or
         `unstack_layers` of them (layers unrolled; the cache must then be
-        per layer too), or `ram_jax.models.quantize.quantize_int8` of either
-        (weight-only int8).
+        per layer too), `ram_jax.models.quantize.quantize_int8` of either
+        (weight-only int8), and `fuse_projections` of any of these.
       tokens_BxT: int token ids; padding positions hold any id.
       config: the model's `ModelConfig` (static under jit).
       mask_BxT: True for real tokens (default: all real).
@@ -323,18 +383,18 @@ def forward(
         query_slots_BxT = query_slots(cache, t)
         attn_mask = valid_BxS[:, None, :] & (slots_S[None, None, :] <= query_slots_BxT[:, :, None])
         kv = (cache.k_LxBxKxHxS, cache.v_LxBxKxSxH, cache.index)
-    int8 = is_quantized(params)
+    int8, fused = is_quantized(params), has_fused_projections(params)
     layer_states = None
     if has_unrolled_layers(params):
         layer_states = params["layers"]
         # The stacked layers are never read on this path: shapes stand in for them.
-        params = {**params, "layers": _abstract_layers(config, int8)}
+        params = {**params, "layers": _abstract_layers(config, int8, fused)}
     if cache is not None and cache.per_layer != (layer_states is not None):
         raise ValueError(
             "params and cache disagree on the layer layout: pass `unstack_layers(params)` "
             "with `init_cache(..., per_layer=True)`, or stacked params with a stacked cache."
         )
-    model = nnx.merge(graphdef(config, int8), params)
+    model = nnx.merge(graphdef(config, int8, fused), params)
     logits, kv = model(
         tokens_BxT,
         positions_BxT,
