@@ -256,7 +256,6 @@ def decode_file(
             tuple(timings),
         ),
         "resumed_prompts": resumed,
-        "int8_proposal": int8_proposal,
         "output": output,
         "mode_fields": dataclasses.asdict(mode),
         "seq_sir": seq_sir.num_candidates if seq_sir else 0,
