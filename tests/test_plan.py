@@ -74,30 +74,12 @@ def test_activation_formula_by_hand():
     assert m["activations"] == 2 * 2 * t * (2 * layer + logits)
     assert m["gradients"] == 2 * m["params"] and m["reference"] == 0
     assert m["total"] == sum(v for k, v in m.items() if k != "total")
-    dpo = plan.train_memory(
-        cfg,
-        _rmsprop(),
-        FSDP8,
-        objective=Objective("dpo"),
-        batch_size=64,
-        grad_accum=1,
-        max_length=t,
-        remat=True,
-    )
+    stage = dict(objective=Objective("dpo"), batch_size=64, grad_accum=1, max_length=t, remat=True)
+    dpo = plan.train_memory(cfg, _rmsprop(), FSDP8, **stage)
     assert dpo["reference"] == dpo["params"] == dpo["gradients"]
     # precision='reference' stores the parameters, their gradients, RMSprop's
     # state and DPO's reference in bfloat16: half of each float32 figure.
-    bf16 = plan.train_memory(
-        cfg,
-        _rmsprop(),
-        FSDP8,
-        objective=Objective("dpo"),
-        batch_size=64,
-        grad_accum=1,
-        max_length=t,
-        remat=True,
-        param_dtype="bfloat16",
-    )
+    bf16 = plan.train_memory(cfg, _rmsprop(), FSDP8, **stage, param_dtype="bfloat16")
     for key in ("params", "gradients", "reference"):
         assert 2 * bf16[key] == dpo[key] > 0, key
     assert abs(dpo["optimizer"] - 2 * bf16["optimizer"]) <= 16  # int32 step counts
