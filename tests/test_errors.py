@@ -9,6 +9,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,7 +34,9 @@ class Case:
 
 
 def _main(name, args, *words):
-    return Case(name, "ram_jax.main", (SMOKE, "--workdir={tmp}/run", *args), words)
+    # Cases run concurrently: each its own workdir, or the workdir lock answers first.
+    workdir = "--workdir={tmp}/run_" + re.sub(r"\W+", "_", name)
+    return Case(name, "ram_jax.main", (SMOKE, workdir, *args), words)
 
 
 def _sample(name, args, *words, defaults=True):
