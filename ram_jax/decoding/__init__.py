@@ -8,6 +8,7 @@ compose     `weighted_product`: several aligners, `P prod_i Q_i^w_i` (one mode c
 dispatch    `PerRow`: a table of modes, each row drawing with its own (one batch, many modes)
 decoder     the jitted core: prefill + first token, then chunks of steps
 driver      the host entry point: prompts in, a `DecodeRecord` out, chunks streamed
+record      `DecodeRecord`, its host buffers, response texts and decode metrics
 resample    `seq_sir`: one of N candidates per prompt, resampled by Q(y|x)
 batching    host-side buckets, left padding, prompt checks, stop strings
 files       decoding from files: models from directories, prompts in, outputs written

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ram_jax import io, resumable
 from ram_jax.data import templates
-from ram_jax.decoding import batching, driver
+from ram_jax.decoding import batching, driver, record
 from ram_jax.decoding.modes import Mode
 from ram_jax.decoding.resample import SeqSir
 from ram_jax.decoding.sampling import SamplingParams
@@ -206,7 +206,7 @@ def decode_file(
     timings, resumed = [], partial.done
     for first in range(partial.done, len(ids), batch_size):
         last = min(first + batch_size, len(ids))
-        record = driver.generate(
+        decoded = driver.generate(
             models,
             ids[first:last],
             mode,
@@ -222,32 +222,32 @@ def decode_file(
             seq_sir=seq_sir,
             tokenizer=tok,
         )
-        live = np.arange(record.tokens.shape[1])[None] < record.lengths[:, None]
+        live = np.arange(decoded.tokens.shape[1])[None] < decoded.lengths[:, None]
         partial.append(
             [
                 {
                     "instruction": instructions[first + i],
-                    "output": record.texts[i],
+                    "output": decoded.texts[i],
                     "generator": generator,
                     _STATS: {
-                        "tokens": int(record.lengths[i]),
-                        "aligner_tokens": int((record.aligner_branch[i] & live[i]).sum()),
-                        "aligner_first": bool(record.aligner_branch[i, 0]),
+                        "tokens": int(decoded.lengths[i]),
+                        "aligner_tokens": int((decoded.aligner_branch[i] & live[i]).sum()),
+                        "aligner_first": bool(decoded.aligner_branch[i, 0]),
                     },
                 }
                 for i in range(last - first)
             ]
         )
-        timings += record.batches
+        timings += decoded.batches
         bar.update(last - first)
     bar.close()
     rows = partial.records()
     stats = [r.pop(_STATS) for r in rows]
     if not timings:  # everything was decoded before: an earlier run's finish was cut short
-        timings = [driver.BatchTiming(0.0, 0.0, 0, 0)]
+        timings = [record.BatchTiming(0.0, 0.0, 0, 0)]
     partial.finish(lambda _: io.write_json(output, rows))
     metrics = {
-        **driver.decode_metrics(
+        **record.decode_metrics(
             mode.name,
             batch_size,
             [s["tokens"] for s in stats],
