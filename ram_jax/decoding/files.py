@@ -194,7 +194,7 @@ def decode_file(
     per_prompt = each if len(each) > 1 else each * len(ids)
     # Every batch has the shapes of one call over all prompts (see driver.stream).
     length = batching.bucket_length(max(len(i) for i in ids))
-    slots = length + max(p.max_new_tokens for p in per_prompt)
+    slots = length + most_new
     prompt_keys = jax.random.split(jax.random.key(seed), len(ids))
     bar = tqdm(
         total=len(ids),
