@@ -86,7 +86,12 @@ _PRESET = flags.DEFINE_enum(
     flag_values=FLAGS,
 )
 _MODE = flags.DEFINE_enum(
-    "mode", "proposal", sorted(MODES), "Decoding mode (README: Decoding).", flag_values=FLAGS
+    "mode",
+    None,
+    sorted(MODES),
+    "Decoding mode (README: Decoding). Default: proposal without --aligner, product with "
+    "one, weighted_product with several (reference preset: par_kl).",
+    flag_values=FLAGS,
 )
 _EOS_PRIORITY = flags.DEFINE_bool(
     "eos_priority", None, "par, mds: emit EOS when P's argmax is EOS.", flag_values=FLAGS
@@ -165,6 +170,11 @@ _PARAM_FLAGS = {
 }
 
 
+def default_mode(num_aligners: int) -> str:
+    """The mode when --mode is not given: every --aligner takes part (none is loaded unused)."""
+    return ("proposal", "product")[num_aligners] if num_aligners < 2 else "weighted_product"
+
+
 def settings_from_flags():
     """`(mode, SamplingParams, SeqSir | None)` of the command line, validated before loading."""
     given = {k: f.value for k, f in _PARAM_FLAGS.items() if FLAGS[f.name].present}
@@ -172,11 +182,11 @@ def settings_from_flags():
         given["aligner_weights"] = tuple(_WEIGHT.value)
     if _PRESET.value == "reference":
         params = S.REFERENCE.replace(**given)
-        name = _MODE.value if FLAGS["mode"].present else "par_kl"
+        name = _MODE.value or "par_kl"
         mode = reference_mode(name)
     else:
         params = S.SamplingParams(**{**{k: f.value for k, f in _PARAM_FLAGS.items()}, **given})
-        mode = get_mode(_MODE.value)
+        mode = get_mode(_MODE.value or default_mode(len(_ALIGNER.value)))
     fields = {}
     if _EOS_PRIORITY.value is not None:
         fields["eos_priority"] = _EOS_PRIORITY.value

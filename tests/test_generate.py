@@ -258,6 +258,12 @@ def test_int8_proposal_decodes_with_quantized_proposal_weights_only(dirs, tmp_pa
     assert any(texts), "all outputs empty: the comparison would be vacuous"
 
 
+def test_default_mode_uses_every_aligner_given():
+    for aligners, want in (([], "proposal"), (["a"], "product"), (["a", "b"], "weighted_product")):
+        _parse(["--proposal=x", "--output=y", *[f"--aligner={a}" for a in aligners]])
+        assert generate.settings_from_flags()[0].name == want
+
+
 def test_reference_preset_and_overrides():
     _parse(["--proposal=x", "--output=y", "--preset=reference", "--temperature=0.3"])
     mode, params, seq_sir = generate.settings_from_flags()
